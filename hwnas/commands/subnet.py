@@ -1,0 +1,58 @@
+"""`hwnas subnet`: materialize a sub-network as a standalone HF folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from . import add_model_argument, add_space_argument, emit_json, info, resolve_space
+
+NAME = "subnet"
+HELP = "materialize a sub-network (--subnet JSON) as a standalone HF model folder"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_argument(p)
+    p.add_argument("--subnet", required=True, help='JSON file: {"layers": [...], "mlp_widths": [...]}')
+    p.add_argument("--out", required=True, help="output folder (replaced if it exists)")
+    add_space_argument(p)
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..model import config_mlp_widths, load_config, load_model
+    from ..modeling import parameter_count
+    from ..subnet import Subnet
+    from ..supernet import Supernet
+
+    config = load_config(args.model)
+    space = resolve_space(args, config) if args.space else None
+    subnet = Subnet.load(args.subnet, num_layers=config.num_hidden_layers,
+                         intermediate_size=config_mlp_widths(config), space=space)
+    base = load_model(args.model)
+    info(f"loaded {args.model} in {base.load_seconds:.1f} s")
+    sn = Supernet(base)
+    t0 = time.perf_counter()
+    model = sn.materialize(subnet)
+    t_mem = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = sn.save_subnet(subnet, args.out, model=model)
+    t_disk = time.perf_counter() - t0
+    result = {
+        "out": str(out),
+        "subnet": subnet.to_dict(),
+        "parameters": parameter_count(model),
+        "base_parameters": base.num_parameters,
+        "materialize_seconds": round(t_mem, 3),
+        "save_seconds": round(t_disk, 3),
+        "class": type(model).__name__,
+    }
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"wrote {out} ({result['class']}, {result['parameters']:,} parameters, "
+              f"{result['parameters'] / result['base_parameters']:.1%} of the base) "
+              f"in {t_mem:.2f} s + {t_disk:.2f} s to disk")
+        print(f"  sub-network: {json.dumps(subnet.to_dict())}")
+    return 0

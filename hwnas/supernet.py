@@ -1,0 +1,184 @@
+"""The base model as a weight-sharing super-network, and sub-networks materialized from it.
+
+A sub-network is a real, smaller model: the kept layers, and in each the first k MLP channels
+(gate/up rows, down columns), copied out of the base. Before slicing, an optional `ChannelOrder`
+permutes every MLP's channels so that "the first k" are the k most important; the permutation
+leaves the base model's function unchanged. Computing a good order is `hwnas.importance`'s job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import init_empty_weights
+from transformers import PreTrainedModel
+
+from .fileio import write_json
+from .model import LoadedModel
+from .modeling import Family, family_of, mlp_widths_of, parameter_count
+from .space import SearchSpace
+from .subnet import Subnet
+
+SUBNET_FILE = "hwnas_subnet.json"
+
+
+@dataclass
+class ChannelOrder:
+    """Per-layer permutation of MLP channels (most important first) and optional layer scores."""
+
+    mlp: list[list[int]]
+    layer_scores: list[float] | None = None
+    method: str = "identity"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def identity(cls, widths: Sequence[int]) -> ChannelOrder:
+        return cls(mlp=[list(range(w)) for w in widths])
+
+    @torch.no_grad()
+    def apply_to(self, model: PreTrainedModel) -> None:
+        """Permute every MLP's channels in place (the model computes the same function after)."""
+        layers = model.model.layers
+        if len(self.mlp) != len(layers):
+            raise ValueError(f"channel order has {len(self.mlp)} layers, the model {len(layers)}")
+        for layer, perm in zip(layers, self.mlp):
+            mlp = layer.mlp
+            idx = torch.as_tensor(perm, dtype=torch.long, device=mlp.gate_proj.weight.device)
+            if sorted(perm) != list(range(mlp.gate_proj.out_features)):
+                raise ValueError("a channel order must be a permutation of each layer's channels")
+            for lin in (mlp.gate_proj, mlp.up_proj):
+                lin.weight.copy_(lin.weight[idx])
+                if lin.bias is not None:
+                    lin.bias.copy_(lin.bias[idx])
+            mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, idx])
+
+
+class Supernet:
+    """A loaded base model treated as a super-network (kept in memory; materializes sub-networks)."""
+
+    def __init__(self, base: LoadedModel, order: ChannelOrder | None = None) -> None:
+        self.base = base
+        self.model = base.model
+        self.family: Family = base.family
+        self.base_widths = mlp_widths_of(self.model)
+        self.order = order
+        if order is not None:
+            order.apply_to(self.model)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.model.layers)
+
+    @property
+    def intermediate_size(self) -> int:
+        return max(self.base_widths)
+
+    def default_space(self) -> SearchSpace:
+        """The packaged space for an embedded model, else a generic one for this shape."""
+        shape = {"num_layers": self.num_layers, "intermediate_size": self.intermediate_size}
+        from .model import EMBEDDED
+
+        if self.base.spec in EMBEDDED:
+            return SearchSpace.packaged(self.base.spec, **shape)
+        return SearchSpace.default_for(**shape, name=f"{Path(self.base.spec).name}-default")
+
+    def parse_subnet(self, data: Any, space: SearchSpace | None = None, source: str = "subnet") -> Subnet:
+        return Subnet.parse(data, num_layers=self.num_layers, intermediate_size=self.base_widths,
+                            space=space, source=source)
+
+    def load_subnet(self, path: str | Path, space: SearchSpace | None = None) -> Subnet:
+        return Subnet.load(path, num_layers=self.num_layers, intermediate_size=self.base_widths, space=space)
+
+    def full_subnet(self) -> Subnet:
+        return Subnet(tuple(range(self.num_layers)), tuple(self.base_widths))
+
+    def subnet_config(self, subnet: Subnet):  # noqa: ANN201 - a transformers config
+        """The config of the smaller model: plain family class when widths are uniform."""
+        base_cfg = self.model.config
+        data = base_cfg.to_dict()
+        for key in ("quantization_config", "intermediate_size_per_layer", "architectures",
+                    "_name_or_path", "model_type", "transformers_version"):
+            data.pop(key, None)
+        n_base = base_cfg.num_hidden_layers
+        for key, value in list(data.items()):  # per-layer lists (e.g. layer_types) follow the layers
+            if isinstance(value, list) and len(value) == n_base and key not in ("eos_token_id",):
+                data[key] = [value[i] for i in subnet.layers]
+        data["num_hidden_layers"] = subnet.depth
+        widths = list(subnet.mlp_widths)
+        if len(set(widths)) == 1:
+            data["intermediate_size"] = widths[0]
+            return self.family.config_cls(**data)
+        data["intermediate_size"] = max(widths)
+        return self.family.hetero_config_cls(**data, intermediate_size_per_layer=widths)
+
+    @torch.no_grad()
+    def materialize(self, subnet: Subnet, *, share_weights: bool = False) -> PreTrainedModel:
+        """A real smaller model. `share_weights=True` skips copying tensors that are not sliced
+        (embeddings, norms, attention): faster, for read-only use such as evaluation."""
+        config = self.subnet_config(subnet)
+        cls = (self.family.hetero_model_cls if getattr(config, "intermediate_size_per_layer", None)
+               else self.family.model_cls)
+        with init_empty_weights(include_buffers=False):
+            model = cls(config)
+        take = (lambda t: t) if share_weights else (lambda t: t.clone())
+        src = self.model.model
+        state: dict[str, torch.Tensor] = {}
+        for name, t in src.named_parameters(recurse=True):
+            if not name.startswith("layers."):
+                state[f"model.{name}"] = take(t.detach())
+        for new_i, (old_i, w) in enumerate(zip(subnet.layers, subnet.mlp_widths)):
+            layer = src.layers[old_i]
+            for name, t in layer.named_parameters():
+                t = t.detach()
+                if name.startswith("mlp.gate_proj") or name.startswith("mlp.up_proj"):
+                    t = t[:w].clone()
+                elif name == "mlp.down_proj.weight":
+                    t = t[:, :w].clone()  # also makes it contiguous
+                else:
+                    t = take(t)
+                state[f"model.layers.{new_i}.{name}"] = t
+        if not config.tie_word_embeddings:
+            state["lm_head.weight"] = take(self.model.lm_head.weight.detach())
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+        if missing or unexpected:
+            raise RuntimeError(f"materialize: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        model.generation_config = self.model.generation_config
+        model.eval()
+        return model
+
+    def save_subnet(self, subnet: Subnet, out_dir: str | Path, model: PreTrainedModel | None = None) -> Path:
+        """Write an HF folder (safetensors, config, tokenizer, hwnas_subnet.json) atomically."""
+        out = Path(out_dir)
+        model = model if model is not None else self.materialize(subnet)
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        self.base.tokenizer.save_pretrained(tmp)
+        write_json(tmp / SUBNET_FILE, {
+            "version": 1,
+            "subnet": subnet.to_dict(),
+            "base": {"spec": self.base.spec, "source": self.base.source,
+                     "sha256": self.base.source_hash, "mlp_widths": self.base_widths},
+            "channel_order": None if self.order is None else self.order.method,
+            "parameters": parameter_count(model),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return out
+
+
+def is_heterogeneous(model: PreTrainedModel) -> bool:
+    fam = family_of(model.config)
+    return fam is not None and len(set(mlp_widths_of(model))) > 1

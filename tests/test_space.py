@@ -1,0 +1,65 @@
+import random
+
+import pytest
+
+from hwnas.errors import SpaceError
+from hwnas.space import SearchSpace
+
+
+def test_llamanas_space_size_matches_the_paper():
+    space = SearchSpace.packaged("llama2-7b-llamanas")
+    assert space.encoding_size == 3 * 2**32  # LLaMA-NAS: depth {24,28,32} x 32 binary width genes
+    assert space.distinct_subnets == 2**24 + 2**28 + 2**32
+
+
+def test_smollm2_default_space():
+    space = SearchSpace.packaged("smollm2-135m", num_layers=30, intermediate_size=1536)
+    assert space.mlp_widths == (256, 512, 768, 1024, 1280, 1536)
+    assert space.allowed_depths == tuple(range(24, 31))
+    # any 0..6 of 30 layers dropped, each kept layer one of 6 widths
+    from math import comb
+
+    assert space.distinct_subnets == sum(comb(30, 30 - d) * 6**d for d in range(24, 31))
+
+
+def test_widths_must_be_multiples_of_64():
+    with pytest.raises(SpaceError, match="multiples of 64"):
+        SearchSpace.from_dict({"base": {"num_layers": 4, "intermediate_size": 256}, "mlp": {"widths": [100, 256]}})
+
+
+def test_space_rejects_mismatched_model_and_unknown_keys(tmp_path):
+    with pytest.raises(SpaceError, match="num_layers is 30 but the model has 4"):
+        SearchSpace.packaged("smollm2-135m", num_layers=4, intermediate_size=1536)
+    with pytest.raises(SpaceError, match="unknown keys"):
+        SearchSpace.from_dict({"base": {"num_layers": 4, "intermediate_size": 256}, "widths": [64]})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("layers: [unclosed")
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        SearchSpace.load(bad)
+
+
+def test_sample_stays_in_space_and_round_trips(tmp_path):
+    from hwnas.subnet import Subnet
+
+    space = SearchSpace.packaged("smollm2-135m", num_layers=30, intermediate_size=1536)
+    rng = random.Random(0)
+    depths = set()
+    for _ in range(50):
+        s = Subnet.parse(space.sample(rng), num_layers=30, intermediate_size=1536, space=space)
+        depths.add(s.depth)
+    assert len(depths) > 3
+    space.save(tmp_path / "s.yaml")
+    assert SearchSpace.load(tmp_path / "s.yaml") == space
+
+
+def test_prefix_space_sampling():
+    space = SearchSpace.packaged("llama2-7b-llamanas")
+    s = space.sample(random.Random(1))
+    assert s["layers"] == list(range(len(s["layers"])))
+    assert len(s["layers"]) in (24, 28, 32)
+
+
+def test_generic_default_space():
+    space = SearchSpace.default_for(32, 11008)
+    assert all(w % 64 == 0 and w <= 11008 for w in space.mlp_widths)
+    assert space.min_depth == 24
