@@ -22,11 +22,12 @@ from transformers import PreTrainedModel
 
 from .fileio import write_json
 from .model import LoadedModel
-from .modeling import Family, family_of, mlp_widths_of, parameter_count
+from .modeling import Family, mlp_widths_of, parameter_count
 from .space import SearchSpace
 from .subnet import Subnet
 
 SUBNET_FILE = "hwnas_subnet.json"
+ORDER_MARKER = "hwnas_order.json"  # channels already ordered; the order's layer scores
 
 
 @dataclass
@@ -173,12 +174,44 @@ class Supernet:
             "parameters": parameter_count(model),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
+        if self.order is not None:  # its channels are ordered already: record it, with the layer scores
+            from .importance import save_order
+
+            scores = self.order.layer_scores
+            save_order(ChannelOrder(
+                mlp=[list(range(w)) for w in subnet.mlp_widths],
+                layer_scores=[scores[i] for i in subnet.layers] if scores else None,
+                method=self.order.method,
+                meta={**self.order.meta, "applied": True, "subnet_of": self.base.source_hash},
+            ), tmp / ORDER_MARKER)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
         return out
 
 
-def is_heterogeneous(model: PreTrainedModel) -> bool:
-    fam = family_of(model.config)
-    return fam is not None and len(set(mlp_widths_of(model))) > 1
+
+def open_supernet(spec: str, *, channel_order: str = "contrib", data_dir: str | Path | None = None,
+                  progress: Any = None) -> Supernet:
+    """Load a base model as a super-network with its importance order applied (the default
+    whenever sub-networks are materialized). `channel_order="none"` slices channels as stored.
+
+    A folder whose channels were already ordered (written by `hwnas finetune`) says so in
+    `hwnas_order.json` and is used as it is, with its stored layer scores."""
+    from .importance import METHODS, get_order, load_order
+    from .model import load_model
+
+    base = load_model(spec)
+    if channel_order == "none":
+        return Supernet(base)
+    if channel_order not in METHODS:
+        from .errors import HwnasUserError
+
+        raise HwnasUserError(f"unknown channel order '{channel_order}'; choose one of {METHODS} or none")
+    marker = Path(spec) / ORDER_MARKER
+    if marker.is_file():
+        stored = load_order(marker)
+        sn = Supernet(base)
+        sn.order = stored  # already applied to these weights
+        return sn
+    return Supernet(base, order=get_order(base, channel_order, data_dir=data_dir, progress=progress))

@@ -22,7 +22,8 @@ def test_bad_subnet_exits_2_with_one_line(case, tiny_model_dir, tmp_path, capsys
     f.write_text(json.dumps(BAD_SUBNETS[case]))
     space = tmp_path / "space.yaml"
     space.write_text("layers: {min_depth: 1}\nmlp:\n  widths: [64, 128, 192, 256]\n")
-    args = ["subnet", "--model", str(tiny_model_dir), "--subnet", str(f), "--out", str(tmp_path / "o")]
+    args = ["subnet", "--model", str(tiny_model_dir), "--subnet", str(f), "--out", str(tmp_path / "o"),
+            "--channel-order", "none"]
     if case == "not_in_space":
         args += ["--space", str(space)]
     assert main(args) == 2
@@ -50,7 +51,8 @@ def test_not_llama_family_is_refused(tmp_path, capsys):
     assert "not supported" in err and "llama" in err
 
 
-def test_subnet_command_writes_loadable_folder(tiny_model_dir, tmp_path, capsys):
+def test_subnet_command_writes_loadable_folder(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
     f = tmp_path / "s.json"
     f.write_text(json.dumps({"layers": [0, 2], "mlp_widths": [64, 192]}))
     assert main(["subnet", "--model", str(tiny_model_dir), "--subnet", str(f),
@@ -64,6 +66,8 @@ def test_subnet_command_writes_loadable_folder(tiny_model_dir, tmp_path, capsys)
     # the written folder is itself a valid --model
     f2 = tmp_path / "s2.json"
     f2.write_text(json.dumps({"layers": [1], "mlp_widths": [128]}))
+    assert (tmp_path / "o" / "hwnas_order.json").is_file()  # ordered by default; recorded
+    assert list((tmp_path / "cache" / "orders").glob("*.json"))
     assert main(["subnet", "--model", str(tmp_path / "o"), "--subnet", str(f2), "--out", str(tmp_path / "o2")]) == 0
     f2.write_text(json.dumps({"layers": [0], "mlp_widths": [128]}))  # layer 0 is 64 wide now
     assert main(["subnet", "--model", str(tmp_path / "o"), "--subnet", str(f2), "--out", str(tmp_path / "o3")]) == 2

@@ -43,3 +43,35 @@ def resolve_space(args: argparse.Namespace, config=None):  # noqa: ANN001, ANN20
     if getattr(args, "model", None) in EMBEDDED:
         return SearchSpace.packaged(args.model, **shape)
     return SearchSpace.default_for(**shape, name=f"{args.model}-default")
+
+
+def progress_printer(label: str):  # noqa: ANN201
+    """A (done, total) callback that redraws one stderr line."""
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        print(f"\r  {label}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
+def add_order_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--channel-order", default="contrib", choices=("contrib", "act", "taylor", "none"),
+                   help="importance order applied before slicing MLP channels (default: contrib; "
+                   "none: slice channels as stored, for comparisons)")
+    p.add_argument("--data", default=None, help="data folder (default: $HWNAS_DATA or ../shared/data)")
+
+
+def open_supernet_from_args(args: argparse.Namespace):  # noqa: ANN201 - hwnas.supernet.Supernet
+    """Load --model as a super-network with --channel-order applied, reporting what it costs."""
+    import time
+
+    from ..supernet import open_supernet
+
+    t0 = time.perf_counter()
+    sn = open_supernet(args.model, channel_order=args.channel_order, data_dir=getattr(args, "data", None),
+                       progress=progress_printer("scoring channel importance (first use, cached after)"))
+    order = sn.order.method if sn.order is not None else "none"
+    info(f"loaded {args.model} in {sn.base.load_seconds:.1f} s (channel order: {order}; "
+         f"{time.perf_counter() - t0:.1f} s in all)")
+    return sn

@@ -10,23 +10,28 @@ import argparse
 import time
 from pathlib import Path
 
-from . import add_model_argument, info
+from . import add_model_argument, add_order_argument, info, open_supernet_from_args
 
 NAME = "demo"
 HELP = "run the end-to-end pipeline on the embedded default model (offline)"
 
-# A heterogeneous example: the two least/most sensitive ends kept wide, the middle narrowed,
-# two middle layers dropped. (The search chooses real candidates; this shows the mechanics.)
-DEMO_SUBNET = {
-    "layers": [i for i in range(30) if i not in (20, 21)],
-    "mlp_widths": [1536] * 4 + [1280] * 20 + [1536] * 4,
-}
+
+
+def demo_subnet(num_layers: int, width: int, layer_scores: list[float] | None) -> dict[str, list[int]]:
+    """A heterogeneous example: the two least influential layers dropped, the ends kept wide, the
+    middle narrowed to 5/6. (The search chooses real candidates; this shows the mechanics.)"""
+    scores = layer_scores or [float(i in (num_layers // 2, num_layers // 2 + 1)) * -1 for i in range(num_layers)]
+    dropped = sorted(range(num_layers), key=lambda i: scores[i])[:2]
+    layers = [i for i in range(num_layers) if i not in dropped]
+    narrow = width * 5 // 6 // 64 * 64
+    widths = [width if (i < 4 or i >= num_layers - 4) else narrow for i in layers]
+    return {"layers": layers, "mlp_widths": widths}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     p.add_argument("--out", default="hwnas-demo", help="folder for everything the demo writes")
-    p.add_argument("--data", default=None, help="data folder (default: $HWNAS_DATA or ../shared/data)")
+    add_order_argument(p)
     p.add_argument("--ppl-windows", type=int, default=4, help="WikiText-2 windows of 1024 tokens")
 
 
@@ -36,24 +41,23 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import DataNotFoundError
     from ..evaluate.perplexity import load_text, perplexity, tokenize_text
-    from ..model import load_model
     from ..modeling import analytic_parameter_count, parameter_count
-    from ..supernet import Supernet
 
     t_start = time.perf_counter()
     out = Path(args.out)
-    info(f"[1/4] loading {args.model} ...")
-    base = load_model(args.model)
+    info(f"[1/4] loading {args.model} and its channel importance order ...")
+    sn = open_supernet_from_args(args)
+    base = sn.base
     info(f"      {base.family.model_type}, {base.config.num_hidden_layers} layers, "
-         f"{base.num_parameters:,} parameters, loaded in {base.load_seconds:.1f} s")
-    sn = Supernet(base)
+         f"{base.num_parameters:,} parameters")
     space = sn.default_space()
     size = space.summary()["size"]
     print(f"space {space.name}: depths {size['allowed_depths']}, MLP widths {list(space.mlp_widths)}; "
           f"{size['distinct_subnets_sci']} distinct sub-networks ({size['encoding_size_sci']} encodings)")
 
     info("[2/4] materializing a sub-network ...")
-    subnet = sn.parse_subnet(DEMO_SUBNET, space=space, source="demo sub-network")
+    example = demo_subnet(sn.num_layers, sn.intermediate_size, sn.order.layer_scores if sn.order else None)
+    subnet = sn.parse_subnet(example, space=space, source="demo sub-network")
     t0 = time.perf_counter()
     model = sn.materialize(subnet)
     t_mat = time.perf_counter() - t0
@@ -80,6 +84,6 @@ def run(args: argparse.Namespace) -> int:
         r_base = perplexity(base.model, ids, max_windows=args.ppl_windows)
         r_sub = perplexity(model, ids, max_windows=args.ppl_windows)
         print(f"WikiText-2 perplexity ({r_base.windows} x {r_base.window} tokens): base {r_base.ppl:.2f}, "
-              f"sub-network {r_sub.ppl:.2f} ({r_sub.ppl / r_base.ppl:.2f}x; channel order: none yet)")
+              f"sub-network {r_sub.ppl:.2f} ({r_sub.ppl / r_base.ppl:.2f}x; channel order: {args.channel_order})")
     print(f"demo done in {time.perf_counter() - t_start:.1f} s; outputs in {out}/")
     return 0

@@ -6,7 +6,14 @@ import argparse
 import json
 import time
 
-from . import add_model_argument, add_space_argument, emit_json, info, resolve_space
+from . import (
+    add_model_argument,
+    add_order_argument,
+    add_space_argument,
+    emit_json,
+    open_supernet_from_args,
+    resolve_space,
+)
 
 NAME = "subnet"
 HELP = "materialize a sub-network (--subnet JSON) as a standalone HF model folder"
@@ -17,22 +24,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subnet", required=True, help='JSON file: {"layers": [...], "mlp_widths": [...]}')
     p.add_argument("--out", required=True, help="output folder (replaced if it exists)")
     add_space_argument(p)
+    add_order_argument(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model import config_mlp_widths, load_config, load_model
+    from ..model import config_mlp_widths, load_config
     from ..modeling import parameter_count
     from ..subnet import Subnet
-    from ..supernet import Supernet
 
     config = load_config(args.model)
     space = resolve_space(args, config) if args.space else None
     subnet = Subnet.load(args.subnet, num_layers=config.num_hidden_layers,
                          intermediate_size=config_mlp_widths(config), space=space)
-    base = load_model(args.model)
-    info(f"loaded {args.model} in {base.load_seconds:.1f} s")
-    sn = Supernet(base)
+    sn = open_supernet_from_args(args)
+    base = sn.base
     t0 = time.perf_counter()
     model = sn.materialize(subnet)
     t_mem = time.perf_counter() - t0
@@ -47,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         "materialize_seconds": round(t_mem, 3),
         "save_seconds": round(t_disk, 3),
         "class": type(model).__name__,
+        "channel_order": args.channel_order,
     }
     if args.json:
         emit_json(result)
