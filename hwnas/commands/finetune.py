@@ -1,0 +1,71 @@
+"""`hwnas finetune`: InstaTune fine-tuning of the super-network."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import (
+    add_model_argument,
+    add_order_argument,
+    add_space_argument,
+    info,
+    open_supernet_from_args,
+    resolve_space,
+)
+
+NAME = "finetune"
+HELP = "InstaTune: fine-tune the super-network so its sub-networks inherit good weights"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..finetune import RULES, FinetuneConfig
+
+    d = FinetuneConfig()
+    add_model_argument(p)
+    add_space_argument(p)
+    add_order_argument(p)
+    p.add_argument("--train-data", default=d.data,
+                   help="'alpaca' (the Alpaca subset in the data folder), or a .json (Alpaca format) / text file")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--rule", choices=RULES, default=d.rule,
+                   help="alternate: full / random sub-network on alternate steps (LLaMA-NAS); "
+                   "sandwich: largest + smallest + random every step")
+    p.add_argument("--no-kd", action="store_true", help="train sub-networks on labels, not distillation")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint interval (steps)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", required=True, help="output folder; re-running with the same options resumes")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..finetune import FinetuneConfig, finetune
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                         rule=args.rule, kd=not args.no_kd, seed=args.seed, data=args.train_data,
+                         save_every=args.save_every)
+    sn = open_supernet_from_args(args)
+    space = resolve_space(args, sn.model.config)
+    if args.device != "cpu":
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            from ..errors import HwnasUserError
+
+            raise HwnasUserError("--device cuda asked for but no CUDA device is available")
+        sn.model.to(args.device)
+
+    def progress(step: int, total: int, rec: dict) -> None:
+        losses = " ".join(f"{k[5:]}={v:.3f}" for k, v in rec.items() if k.startswith("loss_"))
+        print(f"\r  step {step}/{total} {losses} ({rec['seconds']:.1f} s/step)   ",
+              end="\n" if step == total else "", file=sys.stderr, flush=True)
+
+    out = finetune(sn, space, cfg, args.out, data_dir=args.data, progress=progress)
+    info(f"wrote the fine-tuned super-network to {out} (loss log: {out}/loss_log.jsonl)")
+    return 0
