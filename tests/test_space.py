@@ -16,10 +16,11 @@ def test_smollm2_default_space():
     space = SearchSpace.packaged("smollm2-135m", num_layers=30, intermediate_size=1536)
     assert space.mlp_widths == (256, 512, 768, 1024, 1280, 1536)
     assert space.allowed_depths == tuple(range(24, 31))
-    # any 0..6 of 30 layers dropped, each kept layer one of 6 widths
+    # 0..6 of the 26 droppable layers dropped, each kept layer one of 6 widths
     from math import comb
 
-    assert space.distinct_subnets == sum(comb(30, 30 - d) * 6**d for d in range(24, 31))
+    assert len(space.droppable_layers) == 26 and 0 not in space.droppable_layers
+    assert space.distinct_subnets == sum(comb(26, 30 - d) * 6**d for d in range(24, 31))
 
 
 def test_widths_must_be_multiples_of_64():
