@@ -1,0 +1,165 @@
+"""Accuracy predictor for LINAS: architecture encoding -> accuracy (or perplexity), fitted on
+evaluated sub-networks.
+
+Candidates are Ridge, RBF-SVR (what DyNAS-T uses) and LightGBM; k-fold cross-validation on the
+training points picks one (by Kendall tau, ties by MAPE). scikit-learn and LightGBM fit; the fitted
+model is stored as JSON (Ridge coefficients / SVR support vectors with their dual coefficients and
+gamma, with the feature scaling) or LightGBM text inside JSON - never pickle - and predicts with
+numpy, vectorised for the tens of thousands of candidates NSGA-II asks about.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import HwnasUserError
+from .fileio import write_json
+from .space import SearchSpace
+from .subnet import Subnet
+
+PREDICTOR_VERSION = 1
+KINDS = ("ridge", "svr", "lightgbm")
+
+
+def subnet_features(subnets: Sequence[Subnet], space: SearchSpace) -> np.ndarray:
+    """Per base layer: kept (0/1) and MLP width / base width (0 when dropped); then depth and the
+    kept MLP fraction. Fixed length for a space, so any sub-network of it can be scored."""
+    n = space.num_layers
+    x = np.zeros((len(subnets), 2 * n + 2), dtype=np.float64)
+    for r, s in enumerate(subnets):
+        idx = np.asarray(s.layers)
+        x[r, idx] = 1.0
+        x[r, n + idx] = np.asarray(s.mlp_widths) / space.intermediate_size
+        x[r, 2 * n] = s.depth / n
+        x[r, 2 * n + 1] = float(np.sum(s.mlp_widths)) / (n * space.intermediate_size)
+    return x
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b).statistic)
+
+
+def mape(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
+    t, p = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
+    return float(np.mean(np.abs(p - t) / np.maximum(np.abs(t), 1e-12)))
+
+
+@dataclass
+class AccuracyPredictor:
+    """A fitted regressor with its scaling; `target` names what it predicts (e.g. 'wikitext2.ppl')."""
+
+    kind: str
+    target: str
+    params: dict[str, Any]
+    x_mean: np.ndarray
+    x_scale: np.ndarray
+    y_mean: float
+    y_scale: float
+    log_target: bool = False
+    cv: dict[str, Any] = field(default_factory=dict)
+
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        z = (x - self.x_mean) / self.x_scale
+        if self.kind == "ridge":
+            y = z @ np.asarray(self.params["coef"]) + self.params["intercept"]
+        elif self.kind == "svr":
+            sv = np.asarray(self.params["support_vectors"])
+            d2 = (z**2).sum(1)[:, None] + (sv**2).sum(1)[None, :] - 2 * z @ sv.T
+            y = np.exp(-self.params["gamma"] * np.maximum(d2, 0)) @ np.asarray(self.params["dual_coef"])
+            y = y + self.params["intercept"]
+        else:
+            import lightgbm as lgb
+
+            booster = lgb.Booster(model_str=self.params["model"])
+            y = booster.predict(z)
+        y = y * self.y_scale + self.y_mean
+        return np.exp(y) if self.log_target else y
+
+    def predict(self, subnets: Sequence[Subnet], space: SearchSpace) -> np.ndarray:
+        return self.predict_features(subnet_features(subnets, space))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": PREDICTOR_VERSION, "kind": self.kind, "target": self.target,
+                "log_target": self.log_target, "params": self.params,
+                "x_mean": self.x_mean.tolist(), "x_scale": self.x_scale.tolist(),
+                "y_mean": self.y_mean, "y_scale": self.y_scale, "cv": self.cv}
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> AccuracyPredictor:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        if d.get("version") != PREDICTOR_VERSION:
+            raise HwnasUserError(f"{path}: unsupported predictor version {d.get('version')}")
+        return cls(kind=d["kind"], target=d["target"], params=d["params"], x_mean=np.asarray(d["x_mean"]),
+                   x_scale=np.asarray(d["x_scale"]), y_mean=d["y_mean"], y_scale=d["y_scale"],
+                   log_target=d["log_target"], cv=d.get("cv", {}))
+
+
+def _fit_one(kind: str, z: np.ndarray, yz: np.ndarray, seed: int) -> dict[str, Any]:
+    if kind == "ridge":
+        from sklearn.linear_model import RidgeCV
+
+        m = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(z, yz)
+        return {"coef": m.coef_.tolist(), "intercept": float(m.intercept_), "alpha": float(m.alpha_)}
+    if kind == "svr":
+        from sklearn.svm import SVR
+
+        gamma = 1.0 / z.shape[1]
+        m = SVR(kernel="rbf", C=10.0, epsilon=0.01, gamma=gamma).fit(z, yz)
+        return {"support_vectors": m.support_vectors_.tolist(), "dual_coef": m.dual_coef_[0].tolist(),
+                "intercept": float(m.intercept_[0]), "gamma": gamma, "C": 10.0, "epsilon": 0.01}
+    if kind == "lightgbm":
+        import lightgbm as lgb
+
+        n = len(yz)
+        m = lgb.LGBMRegressor(n_estimators=300, learning_rate=0.05, num_leaves=15,
+                              min_child_samples=max(3, n // 20), subsample=0.8, subsample_freq=1,
+                              colsample_bytree=0.8, random_state=seed, verbose=-1).fit(z, yz)
+        return {"model": m.booster_.model_to_string()}
+    raise HwnasUserError(f"unknown predictor kind '{kind}'; choose from {KINDS}")
+
+
+def _make(kind: str, target: str, x: np.ndarray, y: np.ndarray, log_target: bool, seed: int) -> AccuracyPredictor:
+    yt = np.log(y) if log_target else y
+    x_mean, x_scale = x.mean(0), x.std(0)
+    x_scale[x_scale == 0] = 1.0
+    y_mean, y_scale = float(yt.mean()), float(yt.std() or 1.0)
+    z = (x - x_mean) / x_scale
+    params = _fit_one(kind, z, (yt - y_mean) / y_scale, seed)
+    return AccuracyPredictor(kind, target, params, x_mean, x_scale, y_mean, y_scale, log_target)
+
+
+def fit_predictor(x: np.ndarray, y: Sequence[float], *, target: str, kinds: Sequence[str] = KINDS,
+                  log_target: bool | None = None, folds: int = 5, seed: int = 0) -> AccuracyPredictor:
+    """Choose among `kinds` by k-fold CV (Kendall tau), then refit the winner on all points.
+    Perplexity-like targets (all positive, wide range) are modelled in log space by default."""
+    y = np.asarray(y, dtype=float)
+    if len(y) < 6:
+        raise HwnasUserError(f"an accuracy predictor needs at least 6 evaluated sub-networks, got {len(y)}")
+    if log_target is None:
+        log_target = bool(np.all(y > 0) and y.max() / y.min() > 3)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    k = min(folds, len(y) // 3)
+    scores: dict[str, dict[str, float]] = {}
+    for kind in kinds:
+        preds = np.zeros_like(y)
+        for f in range(k):
+            test = order[f::k]
+            train = np.setdiff1d(order, test)
+            preds[test] = _make(kind, target, x[train], y[train], log_target, seed).predict_features(x[test])
+        scores[kind] = {"kendall_tau": kendall_tau(y, preds), "mape": mape(y, preds)}
+    best = max(kinds, key=lambda kd: (scores[kd]["kendall_tau"], -scores[kd]["mape"]))
+    model = _make(best, target, x, y, log_target, seed)
+    model.cv = {"folds": k, "n": int(len(y)), "scores": scores, "chosen": best}
+    return model
