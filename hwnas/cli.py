@@ -15,6 +15,7 @@ COMMANDS = (
     "hwnas.commands.space",
     "hwnas.commands.subnet",
     "hwnas.commands.demo",
+    "hwnas.commands.eval",
 )
 
 

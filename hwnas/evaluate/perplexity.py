@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..data import find_data_file
 
 WIKITEXT2 = "wikitext2/wiki.test.raw"
+HEAD_CHUNK = 256  # positions per LM-head matmul
 
 
 @dataclass(frozen=True)
@@ -43,22 +44,28 @@ def perplexity(model, ids: torch.Tensor, *, window: int = 1024, stride: int | No
                max_windows: int | None = 8, batch_size: int = 1) -> PerplexityResult:
     """Sliding-window perplexity. With stride == window (default) windows do not overlap; with a
     smaller stride each window scores only its last `stride` tokens, conditioned on the rest."""
-    stride = stride or window
+    window = min(window, ids.numel())  # a short text is one window
+    if window < 2:
+        raise ValueError("perplexity needs at least 2 tokens")
+    stride = min(stride or window, window)
     start_t = time.perf_counter()
     starts = list(range(0, max(1, ids.numel() - window + 1), stride))
     if max_windows is not None:
         starts = starts[:max_windows]
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
     nll, count = 0.0, 0
     for b in range(0, len(starts), batch_size):
         chunk = starts[b : b + batch_size]
         batch = torch.stack([ids[s : s + window] for s in chunk])
-        logits = model(input_ids=batch, use_cache=False).logits.float()
-        first = 0 if stride == window else window - stride
+        hidden = decoder(input_ids=batch, use_cache=False).last_hidden_state
+        first = window - stride - 1  # position predicting the first token the last window did not score
         for row, s in enumerate(chunk):
             lo = max(first, 0) if s else 0  # the first window scores all its tokens
-            pred = logits[row, lo : window - 1]
-            target = batch[row, lo + 1 : window]
-            nll += F.cross_entropy(pred, target, reduction="sum").item()
-            count += target.numel()
+            # The LM head only where a token is scored, a slice at a time (vocab x positions is big).
+            for a in range(lo, window - 1, HEAD_CHUNK):
+                z = min(a + HEAD_CHUNK, window - 1)
+                logits = head(hidden[row, a:z]).float()
+                nll += F.cross_entropy(logits, batch[row, a + 1 : z + 1], reduction="sum").item()
+            count += window - 1 - lo
     return PerplexityResult(ppl=math.exp(nll / count), tokens=count, windows=len(starts), window=window,
                             stride=stride, seconds=time.perf_counter() - start_t)

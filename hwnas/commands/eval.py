@@ -1,0 +1,75 @@
+"""`hwnas eval`: lm-eval-style accuracy and perplexity of a model or a sub-network, offline."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from . import add_model_argument, add_order_argument, emit_json, info
+
+NAME = "eval"
+HELP = "score a model or sub-network on lm-eval-style tasks (0-shot multiple choice) and perplexity"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..evaluate.tasks import DEFAULT_TASKS, TASKS
+
+    add_model_argument(p)
+    p.add_argument("--subnet", default=None, help='JSON file: {"layers": [...], "mlp_widths": [...]}')
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
+                   help=f"comma-separated; known: {', '.join(TASKS)}; text:PATH = perplexity on a text file")
+    p.add_argument("--limit", type=int, default=None,
+                   help="items per task: a seeded sample (stratified by subject for MMLU); default all")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
+    p.add_argument("--ppl-windows", type=int, default=8,
+                   help="perplexity windows per text (0 = the whole text)")
+    p.add_argument("--ppl-window", type=int, default=None, help="perplexity window in tokens (default 1024)")
+    p.add_argument("--ppl-stride", type=int, default=None,
+                   help="tokens between window starts (default: the window, i.e. no overlap)")
+    add_order_argument(p)  # also adds --data
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help='print {"tasks": {...}, "seconds": ...}')
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..evaluate import Evaluator
+    from ..evaluate.tasks import parse_tasks
+    from ..model import load_model
+
+    parse_tasks(args.tasks)  # an unknown name fails before the model loads
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    if args.subnet:
+        from . import open_supernet_from_args
+
+        sn = open_supernet_from_args(args)
+        tokenizer = sn.base.tokenizer
+        subnet = sn.load_subnet(args.subnet)
+        model = sn.materialize(subnet, share_weights=True)
+        info(f"sub-network: {subnet.depth} layers, materialized in memory")
+    else:
+        base = load_model(args.model)
+        tokenizer, model = base.tokenizer, base.model
+        info(f"loaded {args.model} in {base.load_seconds:.1f} s")
+    ev = Evaluator(tokenizer, args.tasks, limit=args.limit, seed=args.seed, data_dir=args.data,
+                   ppl_windows=args.ppl_windows or None, ppl_window=args.ppl_window,
+                   ppl_stride=args.ppl_stride)
+    info(f"prepared {len(ev.tasks)} task(s) in {time.perf_counter() - t0:.1f} s; evaluating ...")
+    result = ev.evaluate(model)
+    if args.json:
+        out = result.to_dict()
+        emit_json({"tasks": out["tasks"], "seconds": out["seconds"], "limit": out["limit"],
+                   "seed": out["seed"]})
+        return 0
+    print(f"{'task':16} {'metric':>8} {'acc':>7} {'acc_norm':>8} {'stderr':>7} {'n':>6} {'ppl':>9} {'s':>7}")
+    for name, tr in result.tasks.items():
+        def f(x: float | None, spec: str = ".4f") -> str:
+            return "-" if x is None else format(x, spec)
+
+        print(f"{name:16} {tr.metric:>8} {f(tr.acc):>7} {f(tr.acc_norm):>8} {f(tr.stderr):>7} {tr.n:>6} "
+              f"{f(tr.ppl, '.2f'):>9} {tr.seconds:>7.1f}")
+    print(f"evaluated in {result.seconds:.1f} s")
+    return 0
