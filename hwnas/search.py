@@ -1,0 +1,679 @@
+"""LINAS search: real-evaluation rounds that train predictors, predictor-driven NSGA-II between them.
+
+Round 0 evaluates random sub-networks for real. Each later round fits the accuracy predictor(s) on
+everything evaluated so far, runs pymoo's NSGA-II on *predicted* objectives for thousands of
+evaluations, and evaluates the final population for real - skipping sub-networks already evaluated.
+The base model stays in memory for the whole run. Every real evaluation is appended to
+`evaluations.jsonl` (named fields, `docs/formats.md`), so a killed search resumes losing at most the
+evaluation in flight.
+
+Objectives are named metrics: `<task>.<metric>` (real evaluation, e.g. `wikitext2.ppl`,
+`arc_easy.acc_norm`), `params` / `size_mb` (exact), and `prefill_ms` / `decode_ms_per_token` /
+`peak_mem_mb` (a fitted latency model for a device profile). Budgets constrain any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .errors import HwnasUserError
+from .fileio import write_json, write_yaml
+from .space import SearchSpace
+from .subnet import Subnet
+
+STORE_VERSION = 1
+COST_METRICS = ("params", "size_mb")
+LATENCY_METRICS = ("prefill_ms", "decode_ms_per_token", "peak_mem_mb")
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str  # "<task>.<metric>" | params | size_mb | prefill_ms | decode_ms_per_token | peak_mem_mb
+    goal: str = "min"  # min | max
+
+    @property
+    def kind(self) -> str:
+        if self.metric in COST_METRICS:
+            return "cost"
+        if self.metric in LATENCY_METRICS:
+            return "latency"
+        return "accuracy"
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.goal == "min" else -1.0
+
+
+@dataclass
+class LinasConfig:
+    initial: int = 50  # random sub-networks evaluated for real in round 0
+    rounds: int = 4  # predictor-driven rounds after round 0
+    per_round: int = 50  # real evaluations per round (the final NSGA-II population)
+    inner_evaluations: int = 20000  # predicted evaluations per inner NSGA-II
+    population: int = 100
+    crossover_prob: float = 0.9
+    crossover_eta: float = 15.0
+    mutation_eta: float = 20.0
+
+
+@dataclass
+class RunConfig:
+    model: str = "smollm2-135m"
+    space: str | None = None
+    channel_order: str = "contrib"
+    objectives: list[Objective] = field(default_factory=lambda: [Objective("wikitext2.ppl"), Objective("params")])
+    budgets: dict[str, float] = field(default_factory=dict)  # metric -> upper bound (lower for goal max)
+    tasks: list[str] = field(default_factory=lambda: ["wikitext2"])
+    limit: int | None = 100
+    ppl_windows: int = 2
+    ppl_window: int = 512
+    latency_model: str | None = None
+    latency: dict[str, int] = field(default_factory=lambda: {"prefill": 128, "decode": 32, "batch": 1})
+    linas: LinasConfig = field(default_factory=LinasConfig)
+    algorithm: str = "linas"  # linas | nsga2 (real evaluations only) | random
+    seed: int = 0
+    data: str | None = None
+    run_id: str | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError as exc:
+            raise HwnasUserError(f"run config not found: {path}") from exc
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<config>") -> RunConfig:
+        known = set(cls.__dataclass_fields__) | {"version"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise HwnasUserError(f"{source}: unknown keys {unknown}; expected some of {sorted(known)}")
+        data = {k: v for k, v in data.items() if k != "version"}
+        if "objectives" in data:
+            data["objectives"] = [Objective(**o) if isinstance(o, dict) else Objective(str(o))
+                                  for o in data["objectives"]]
+        if "linas" in data:
+            data["linas"] = LinasConfig(**data["linas"])
+        cfg = cls(**data)
+        cfg.validate(source)
+        return cfg
+
+    def validate(self, source: str = "<config>") -> None:
+        if len(self.objectives) < 2:
+            raise HwnasUserError(f"{source}: give at least two objectives (an accuracy and a cost)")
+        for o in self.objectives:
+            if o.goal not in ("min", "max"):
+                raise HwnasUserError(f"{source}: objective {o.metric}: goal must be min or max")
+            if o.kind == "accuracy" and o.metric.split(".")[0] not in self.tasks:
+                raise HwnasUserError(f"{source}: objective {o.metric} needs task '{o.metric.split('.')[0]}' "
+                                     f"in tasks {self.tasks}")
+            if o.kind == "latency" and not self.latency_model:
+                raise HwnasUserError(f"{source}: objective {o.metric} needs latency_model: a folder written by "
+                                     "`hwnas latency fit`")
+        if self.algorithm not in ("linas", "nsga2", "random"):
+            raise HwnasUserError(f"{source}: algorithm must be linas, nsga2 or random")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["objectives"] = [asdict(o) for o in self.objectives]
+        return {"version": 1, **d}
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+class Encoding:
+    """Integer genes for a space: keep/drop per droppable layer (or one depth gene in prefix mode),
+    then one width index per layer. Decoding repairs to the minimum depth by re-adding the most
+    influential dropped layers."""
+
+    def __init__(self, space: SearchSpace, layer_scores: Sequence[float] | None = None) -> None:
+        self.space = space
+        self.n = space.num_layers
+        self.widths = np.asarray(space.mlp_widths)
+        self.droppable = list(space.droppable_layers)
+        scores = list(layer_scores) if layer_scores else [0.0] * self.n
+        self.readd_order = sorted(self.droppable, key=lambda i: -scores[i])  # most influential first
+        self.n_layer_genes = 1 if space.mode == "prefix" else len(self.droppable)
+        self.n_genes = self.n_layer_genes + self.n
+        upper_layer = len(space.allowed_depths) - 1 if space.mode == "prefix" else 1
+        self.xu = np.array([upper_layer] * self.n_layer_genes + [len(self.widths) - 1] * self.n)
+
+    def keep_mask(self, x: np.ndarray) -> np.ndarray:
+        """(pop, n) booleans: which base layers each genome keeps (after depth repair)."""
+        x = np.atleast_2d(x).astype(int)
+        pop = x.shape[0]
+        keep = np.ones((pop, self.n), dtype=bool)
+        if self.space.mode == "prefix":
+            depths = np.asarray(self.space.allowed_depths)[x[:, 0]]
+            keep &= np.arange(self.n)[None, :] < depths[:, None]
+            return keep
+        keep[:, self.droppable] = x[:, : self.n_layer_genes] == 1
+        low = min(self.space.allowed_depths)
+        for r in np.nonzero(keep.sum(1) < low)[0]:
+            for i in self.readd_order:
+                if keep[r].sum() >= low:
+                    break
+                keep[r, i] = True
+        return keep
+
+    def repair(self, x: np.ndarray) -> np.ndarray:
+        """Genes rewritten so that decode(x) needs no repair (keeps the population honest)."""
+        x = np.atleast_2d(x).astype(int).copy()
+        if self.space.mode != "prefix":
+            x[:, : self.n_layer_genes] = self.keep_mask(x)[:, self.droppable].astype(int)
+        return x
+
+    def width_values(self, x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(x).astype(int)
+        return self.widths[x[:, self.n_layer_genes :]]
+
+    def decode(self, x: np.ndarray) -> list[Subnet]:
+        keep, widths = self.keep_mask(x), self.width_values(x)
+        return [Subnet(tuple(np.nonzero(k)[0].tolist()), tuple(w[k].tolist())) for k, w in zip(keep, widths)]
+
+    def encode(self, s: Subnet) -> np.ndarray:
+        x = np.zeros(self.n_genes, dtype=int)
+        if self.space.mode == "prefix":
+            x[0] = list(self.space.allowed_depths).index(s.depth)
+        else:
+            kept = set(s.layers)
+            x[: self.n_layer_genes] = [1 if i in kept else 0 for i in self.droppable]
+        lookup = {int(w): j for j, w in enumerate(self.widths)}
+        top = len(self.widths) - 1
+        per_layer = dict(zip(s.layers, s.mlp_widths))
+        x[self.n_layer_genes :] = [lookup[per_layer[i]] if i in per_layer else top for i in range(self.n)]
+        return x
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """The predictor features (`hwnas.predictors.subnet_features`), straight from genes."""
+        keep, widths = self.keep_mask(x), self.width_values(x)
+        frac = np.where(keep, widths / self.space.intermediate_size, 0.0)
+        return np.concatenate([keep.astype(float), frac, keep.sum(1, keepdims=True) / self.n,
+                               frac.sum(1, keepdims=True) / self.n], axis=1)
+
+
+# --- the results store ------------------------------------------------------------------------
+
+
+class ResultsStore:
+    """Append-only JSONL of real evaluations, one named-field record per line."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.records: list[dict[str, Any]] = []
+        self.keys: set[str] = set()
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill mid-write; that evaluation is redone
+                self._add(rec)
+
+    def _add(self, rec: dict[str, Any]) -> None:
+        key = Subnet(tuple(rec["subnet"]["layers"]), tuple(rec["subnet"]["mlp_widths"])).key()
+        if key not in self.keys:
+            self.keys.add(key)
+            self.records.append(rec)
+
+    def __contains__(self, s: Subnet) -> bool:
+        return s.key() in self.keys
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def append(self, rec: dict[str, Any]) -> None:
+        line = json.dumps(rec, separators=(",", ":")) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+        self._add(rec)
+
+    def subnets(self) -> list[Subnet]:
+        return [Subnet(tuple(r["subnet"]["layers"]), tuple(r["subnet"]["mlp_widths"])) for r in self.records]
+
+    def values(self, metric: str) -> np.ndarray:
+        return np.asarray([metric_value(r, metric) for r in self.records], dtype=float)
+
+
+def metric_value(rec: dict[str, Any], metric: str) -> float:
+    if metric in rec.get("costs", {}):
+        return float(rec["costs"][metric])
+    if metric in rec.get("latency_predicted", {}) and rec["latency_predicted"][metric] is not None:
+        return float(rec["latency_predicted"][metric])
+    task, _, name = metric.partition(".")
+    return float(rec["metrics"][task][name])
+
+
+# --- fronts and hypervolume ---------------------------------------------------------------------
+
+
+def pareto_mask(f: np.ndarray) -> np.ndarray:
+    """Non-dominated rows of a minimisation matrix."""
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    mask = np.zeros(len(f), dtype=bool)
+    if len(f):
+        mask[NonDominatedSorting().do(f, only_non_dominated_front=True)] = True
+    return mask
+
+
+def hypervolume(f: np.ndarray, ideal: np.ndarray, nadir: np.ndarray) -> float:
+    """Hypervolume of minimisation points normalised to [ideal, nadir] (reference point 1.1)."""
+    from pymoo.indicators.hv import HV
+
+    if not len(f):
+        return 0.0
+    z = (f - ideal) / np.maximum(nadir - ideal, 1e-12)
+    z = z[(z <= 1.1).all(1)]
+    return float(HV(ref_point=np.full(f.shape[1], 1.1))(z)) if len(z) else 0.0
+
+
+# --- objectives -------------------------------------------------------------------------------
+
+
+class CostModel:
+    """Exact parameter count and fp32 size of sub-networks, vectorised over genomes."""
+
+    def __init__(self, config, bytes_per_param: int = 4) -> None:  # noqa: ANN001
+        from .modeling import analytic_parameter_count
+
+        self.const = analytic_parameter_count(config, [])
+        self.per_layer = analytic_parameter_count(config, [0]) - self.const
+        self.per_channel = analytic_parameter_count(config, [1]) - self.const - self.per_layer
+        self.bytes_per_param = bytes_per_param
+
+    def params(self, keep: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        return self.const + keep.sum(1) * self.per_layer + (np.where(keep, widths, 0)).sum(1) * self.per_channel
+
+    def of_subnet(self, s: Subnet) -> dict[str, float]:
+        p = self.const + s.depth * self.per_layer + sum(s.mlp_widths) * self.per_channel
+        return {"params": int(p), "size_mb": p * self.bytes_per_param / 1e6}
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    records: list[dict[str, Any]]
+    objectives: list[Objective]
+    front: list[int]  # indices into records
+    hypervolume_history: list[tuple[int, float]]
+
+
+class Search:
+    """One search run: model in memory, evaluator prepared once, store on disk."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, supernet=None, evaluator=None,  # noqa: ANN001
+                 progress: ProgressFn | None = None) -> None:
+        from .supernet import open_supernet
+
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "rounds").mkdir(exist_ok=True)
+        self.sn = supernet or open_supernet(cfg.model, channel_order=cfg.channel_order, data_dir=cfg.data)
+        if cfg.space:
+            self.space = SearchSpace.load(cfg.space, num_layers=self.sn.num_layers,
+                                          intermediate_size=self.sn.intermediate_size)
+        else:
+            self.space = self.sn.default_space()
+        self.encoding = Encoding(self.space, self.sn.order.layer_scores if self.sn.order else None)
+        self.costs = CostModel(self.sn.model.config)
+        self.latency = None
+        if cfg.latency_model:
+            from .latency import LatencyModel  # issue: latency model
+
+            self.latency = LatencyModel.load(cfg.latency_model)
+        if evaluator is None:
+            from .evaluate.evaluator import Evaluator
+
+            evaluator = Evaluator(self.sn.base.tokenizer, cfg.tasks, limit=cfg.limit, seed=cfg.seed,
+                                  data_dir=cfg.data, ppl_windows=cfg.ppl_windows, ppl_window=cfg.ppl_window)
+        self.evaluator = evaluator
+        self.store = ResultsStore(self.run_dir / "evaluations.jsonl")
+        self.progress = progress
+        self.hv_history: list[tuple[int, float]] = []
+        self._bounds: tuple[np.ndarray, np.ndarray] | None = None
+        write_yaml(self.run_dir / "config.yaml", cfg.to_dict())
+        self.space.save(self.run_dir / "space.yaml")
+
+    # objective values ----------------------------------------------------------------------
+
+    @property
+    def budget(self) -> int:
+        lc = self.cfg.linas
+        return lc.initial + lc.rounds * lc.per_round
+
+    def _latency_of(self, subnets: list[Subnet]) -> dict[str, np.ndarray]:
+        if self.latency is None:
+            return {}
+        lat = self.cfg.latency
+        return self.latency.predict_subnets(subnets, prefill=lat["prefill"], decode=lat["decode"], batch=lat["batch"])
+
+    def objective_matrix(self, records: list[dict[str, Any]]) -> np.ndarray:
+        """Minimisation matrix of the real evaluations (accuracy real, costs exact, latency predicted)."""
+        return np.asarray([[o.sign * metric_value(r, o.metric) for o in self.cfg.objectives] for r in records],
+                          dtype=float).reshape(len(records), len(self.cfg.objectives))
+
+    def feasible(self, records: list[dict[str, Any]]) -> np.ndarray:
+        ok = np.ones(len(records), dtype=bool)
+        for metric, bound in self.cfg.budgets.items():
+            goal = next((o.goal for o in self.cfg.objectives if o.metric == metric), "min")
+            vals = np.asarray([metric_value(r, metric) for r in records], dtype=float)
+            ok &= vals <= bound if goal == "min" else vals >= bound
+        return ok
+
+    # real evaluation -------------------------------------------------------------------------
+
+    def evaluate(self, s: Subnet, round_: int, predicted: dict[str, float] | None = None) -> dict[str, Any]:
+        if s in self.store:
+            return next(r for r in self.store.records if r["subnet"] == s.to_dict())
+        import torch
+
+        from . import __version__
+
+        t0 = time.perf_counter()
+        model = self.sn.materialize(s, share_weights=True)
+        with torch.no_grad():
+            res = self.evaluator.evaluate(model)
+        metrics = {}
+        for name, tr in res.tasks.items():
+            d = tr.to_dict()
+            metrics[name] = {k: d[k] for k in ("acc", "acc_norm", "stderr", "ppl", "n", "tokens", "windows")
+                             if d.get(k) is not None}
+        lat = {k: float(v[0]) for k, v in self._latency_of([s]).items()}
+        rec = {
+            "version": STORE_VERSION,
+            "run_id": self.run_dir.name,
+            "index": len(self.store),
+            "round": round_,
+            "subnet": s.to_dict(),
+            "metrics": metrics,
+            "costs": self.costs.of_subnet(s),
+            "latency_predicted": lat,
+            "latency_measured": None,
+            "predicted": predicted or {},
+            "device_profile": getattr(self.latency, "profile_id", None),
+            "seeds": {"run": self.cfg.seed, "eval": self.cfg.seed},
+            "versions": {"hwnas": __version__, "torch": torch.__version__, "transformers": _version("transformers")},
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "eval_seconds": round(time.perf_counter() - t0, 3),
+        }
+        self.store.append(rec)
+        self._report(round_)
+        return rec
+
+    def _report(self, round_: int) -> None:
+        if self._bounds is None and len(self.store) >= 2:
+            f = self.objective_matrix(self.store.records)
+            self._bounds = (f.min(0), f.max(0))
+        hv = self.current_hypervolume() if self._bounds is not None else 0.0
+        if self.progress:
+            self.progress({"round": round_, "evaluations": len(self.store), "budget": self.budget, "hypervolume": hv})
+
+    def current_hypervolume(self) -> float:
+        recs = [r for r, ok in zip(self.store.records, self.feasible(self.store.records)) if ok]
+        if not recs or self._bounds is None:
+            return 0.0
+        return hypervolume(self.objective_matrix(recs), *self._bounds)
+
+    # candidates ------------------------------------------------------------------------------
+
+    def _random_new(self, n: int, rng: random.Random, taken: set[str]) -> list[Subnet]:
+        out: list[Subnet] = []
+        tries = 0
+        while len(out) < n and tries < 100 * n:
+            tries += 1
+            x = self.encoding.repair(np.array([rng.randint(0, int(u)) for u in self.encoding.xu]))
+            s = self.encoding.decode(x)[0]
+            if s.key() not in taken:
+                taken.add(s.key())
+                out.append(s)
+        return out
+
+    def _round_file(self, r: int) -> Path:
+        return self.run_dir / "rounds" / f"round_{r:02d}.json"
+
+    def _candidates(self, r: int) -> tuple[list[Subnet], list[dict[str, float]]]:
+        """The sub-networks round r evaluates; fixed on first computation (a resume reuses them)."""
+        path = self._round_file(r)
+        if path.is_file():
+            data = json.loads(path.read_text())
+            return ([Subnet(tuple(c["layers"]), tuple(c["mlp_widths"])) for c in data["subnets"]],
+                    data.get("predicted", [{}] * len(data["subnets"])))
+        rng = random.Random(self.cfg.seed * 1009 + r)
+        lc = self.cfg.linas
+        if r == 0:
+            cands, preds = self._random_new(lc.initial, rng, set(self.store.keys)), [{}] * lc.initial
+        else:
+            cands, preds = self._predicted_front(r, rng)
+        write_json(path, {"version": 1, "round": r, "subnets": [c.to_dict() for c in cands], "predicted": preds})
+        return cands, preds
+
+    def fit_predictors(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        from .predictors import fit_predictor
+
+        x = self.encoding.features(np.stack([self.encoding.encode(Subnet(tuple(r["subnet"]["layers"]),
+                                                                          tuple(r["subnet"]["mlp_widths"])))
+                                             for r in records]))
+        out = {}
+        for o in self.cfg.objectives:
+            if o.kind == "accuracy":
+                y = [metric_value(r, o.metric) for r in records]
+                out[o.metric] = fit_predictor(x, y, target=o.metric, seed=self.cfg.seed)
+        return out
+
+    def _predicted_front(self, r: int, rng: random.Random) -> tuple[list[Subnet], list[dict[str, float]]]:
+        from pymoo.algorithms.moo.nsga2 import NSGA2
+        from pymoo.optimize import minimize
+
+        prior = [rec for rec in self.store.records if rec["round"] < r]
+        predictors = self.fit_predictors(prior)
+        for metric, p in predictors.items():
+            p.save(self.run_dir / "rounds" / f"predictor_{r:02d}_{metric.replace('.', '_')}.json")
+        problem = PredictedProblem(self, predictors)
+        lc = self.cfg.linas
+        algo = _nsga2(self, lc, NSGA2, sampling=self._seed_population(prior, lc.population, rng))
+        res = minimize(problem, algo, ("n_evals", lc.inner_evaluations), seed=self.cfg.seed * 31 + r, verbose=False)
+        pop = res.pop
+        order = np.lexsort((-np.nan_to_num(pop.get("crowding").ravel(), posinf=1e9), pop.get("rank").ravel()))
+        taken = set(self.store.keys)
+        cands, preds = [], []
+        x_all = self.encoding.repair(pop.get("X")[order])
+        f_all = pop.get("F")[order]
+        for x, f in zip(x_all, f_all):
+            s = self.encoding.decode(x)[0]
+            if s.key() in taken:
+                continue
+            taken.add(s.key())
+            cands.append(s)
+            preds.append({o.metric: float(o.sign * v) for o, v in zip(self.cfg.objectives, f)})
+            if len(cands) == lc.per_round:
+                break
+        if len(cands) < lc.per_round:
+            extra = self._random_new(lc.per_round - len(cands), rng, taken)
+            cands += extra
+            preds += [{}] * len(extra)
+        return cands, preds
+
+    def _seed_population(self, prior: list[dict[str, Any]], size: int, rng: random.Random) -> np.ndarray:
+        """Start the inner search from the best real points so far, topped up at random."""
+        f = self.objective_matrix(prior)
+        from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+        fronts = NonDominatedSorting().do(f) if len(f) else []
+        idx = [i for fr in fronts for i in fr][:size]
+        xs = [self.encoding.encode(Subnet(tuple(prior[i]["subnet"]["layers"]), tuple(prior[i]["subnet"]["mlp_widths"])))
+              for i in idx]
+        while len(xs) < size:
+            xs.append(np.array([rng.randint(0, int(u)) for u in self.encoding.xu]))
+        return self.encoding.repair(np.stack(xs))
+
+    # the loops -------------------------------------------------------------------------------
+
+    def run(self) -> SearchResult:
+        {"linas": self._run_linas, "nsga2": self._run_nsga2, "random": self._run_random}[self.cfg.algorithm]()
+        return self.result()
+
+    def _run_linas(self) -> None:
+        for r in range(self.cfg.linas.rounds + 1):
+            cands, preds = self._candidates(r)
+            for s, p in zip(cands, preds):
+                self.evaluate(s, r, p)
+            self.hv_history.append((len(self.store), self.current_hypervolume()))
+
+    def _run_random(self) -> None:
+        rng = random.Random(self.cfg.seed)
+        taken: set[str] = set()
+        while len(self.store) < self.budget:
+            s = self._random_new(1, rng, taken)[0]
+            self.evaluate(s, 0)
+        self.hv_history.append((len(self.store), self.current_hypervolume()))
+
+    def _run_nsga2(self) -> None:
+        """Plain NSGA-II on real evaluations (the baseline LINAS is compared with)."""
+        from pymoo.algorithms.moo.nsga2 import NSGA2
+        from pymoo.core.evaluator import Evaluator as PymooEvaluator
+        from pymoo.core.problem import Problem
+
+        lc = self.cfg.linas
+        pop_size = max(10, lc.per_round // 2)
+        problem = Problem(n_var=self.encoding.n_genes, n_obj=len(self.cfg.objectives),
+                          n_ieq_constr=len(self.cfg.budgets), xl=0, xu=self.encoding.xu, vtype=int)
+        algo = _nsga2(self, lc, NSGA2, pop_size=pop_size)
+        algo.setup(problem, seed=self.cfg.seed, termination=("n_gen", 10**9))
+        gen = 0
+        while len(self.store) < self.budget:
+            pop = algo.ask()
+            x = self.encoding.repair(pop.get("X"))
+            recs = []
+            for s in self.encoding.decode(x):
+                if len(self.store) >= self.budget and s not in self.store:
+                    break
+                recs.append(self.evaluate(s, gen))
+            if len(recs) < len(x):
+                break
+            pop.set("X", x)
+            f = self.objective_matrix(recs)
+            pop.set("F", f)
+            if self.cfg.budgets:
+                pop.set("G", self._constraint_matrix(recs))
+            PymooEvaluator().eval(problem, pop, skip_already_evaluated=True)
+            algo.tell(infills=pop)
+            gen += 1
+        self.hv_history.append((len(self.store), self.current_hypervolume()))
+
+    def _constraint_matrix(self, recs: list[dict[str, Any]]) -> np.ndarray:
+        cols = []
+        for metric, bound in self.cfg.budgets.items():
+            goal = next((o.goal for o in self.cfg.objectives if o.metric == metric), "min")
+            vals = np.asarray([metric_value(r, metric) for r in recs], dtype=float)
+            cols.append(vals - bound if goal == "min" else bound - vals)
+        return np.stack(cols, 1)
+
+    def result(self) -> SearchResult:
+        recs = self.store.records
+        f = self.objective_matrix(recs)
+        ok = self.feasible(recs)
+        mask = np.zeros(len(recs), dtype=bool)
+        if ok.any():
+            idx = np.nonzero(ok)[0]
+            mask[idx[pareto_mask(f[idx])]] = True
+        front = [int(i) for i in np.nonzero(mask)[0]]
+        write_json(self.run_dir / "front.json", {
+            "version": 1, "objectives": [asdict(o) for o in self.cfg.objectives], "budgets": self.cfg.budgets,
+            "front": [{"index": recs[i]["index"], "subnet": recs[i]["subnet"],
+                       **{o.metric: metric_value(recs[i], o.metric) for o in self.cfg.objectives}} for i in front],
+            "hypervolume_history": self.hv_history})
+        return SearchResult(self.run_dir, recs, self.cfg.objectives, front, self.hv_history)
+
+
+class PredictedProblem:
+    """pymoo problem over genes whose accuracy objectives come from predictors (vectorised)."""
+
+    def __new__(cls, search: Search, predictors: dict[str, Any]):  # noqa: ANN204
+        from pymoo.core.problem import Problem
+
+        enc = search.encoding
+
+        class _P(Problem):
+            def __init__(self) -> None:
+                super().__init__(n_var=enc.n_genes, n_obj=len(search.cfg.objectives),
+                                 n_ieq_constr=len(search.cfg.budgets), xl=0, xu=enc.xu, vtype=int)
+
+            def _evaluate(self, x, out, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+                x = enc.repair(np.round(x).astype(int))
+                keep, widths = enc.keep_mask(x), enc.width_values(x)
+                values = predicted_values(search, predictors, x, keep, widths)
+                out["F"] = np.stack([o.sign * values[o.metric] for o in search.cfg.objectives], 1)
+                if search.cfg.budgets:
+                    cols = []
+                    for metric, bound in search.cfg.budgets.items():
+                        goal = next((o.goal for o in search.cfg.objectives if o.metric == metric), "min")
+                        cols.append(values[metric] - bound if goal == "min" else bound - values[metric])
+                    out["G"] = np.stack(cols, 1)
+
+        return _P()
+
+
+def predicted_values(search: Search, predictors: dict[str, Any], x: np.ndarray, keep: np.ndarray,
+                     widths: np.ndarray) -> dict[str, np.ndarray]:
+    values: dict[str, np.ndarray] = {}
+    params = search.costs.params(keep, widths)
+    values["params"] = params.astype(float)
+    values["size_mb"] = params * search.costs.bytes_per_param / 1e6
+    needed = {o.metric for o in search.cfg.objectives} | set(search.cfg.budgets)
+    if needed & set(LATENCY_METRICS):
+        values.update(search._latency_of(search.encoding.decode(x)))
+    feats = None
+    for metric, p in predictors.items():
+        feats = search.encoding.features(x) if feats is None else feats
+        values[metric] = p.predict_features(feats)
+    return values
+
+
+def _nsga2(search: Search, lc: LinasConfig, nsga2_cls, pop_size: int | None = None, sampling=None):  # noqa: ANN001, ANN202
+    from pymoo.operators.crossover.sbx import SBX
+    from pymoo.operators.mutation.pm import PM
+    from pymoo.operators.repair.rounding import RoundingRepair
+    from pymoo.operators.sampling.rnd import IntegerRandomSampling
+
+    return nsga2_cls(
+        pop_size=pop_size or lc.population,
+        sampling=sampling if sampling is not None else IntegerRandomSampling(),
+        crossover=SBX(prob=lc.crossover_prob, eta=lc.crossover_eta, vtype=float, repair=RoundingRepair()),
+        mutation=PM(eta=lc.mutation_eta, vtype=float, repair=RoundingRepair()),
+        eliminate_duplicates=True,
+    )
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "absent"
+
+
+__all__ = ["Encoding", "LinasConfig", "Objective", "ResultsStore", "RunConfig", "Search", "SearchResult",
+           "hypervolume", "pareto_mask"]
