@@ -117,8 +117,8 @@ class RunConfig:
         for o in self.objectives:
             if o.goal not in ("min", "max"):
                 raise HwnasUserError(f"{source}: objective {o.metric}: goal must be min or max")
-            if o.kind == "accuracy" and o.metric.split(".")[0] not in self.tasks:
-                raise HwnasUserError(f"{source}: objective {o.metric} needs task '{o.metric.split('.')[0]}' "
+            if o.kind == "accuracy" and o.metric.rpartition(".")[0] not in self.tasks:
+                raise HwnasUserError(f"{source}: objective {o.metric} needs task '{o.metric.rpartition('.')[0]}' "
                                      f"in tasks {self.tasks}")
             if o.kind == "latency" and not self.latency_model:
                 raise HwnasUserError(f"{source}: objective {o.metric} needs latency_model: a folder written by "
@@ -257,7 +257,7 @@ def metric_value(rec: dict[str, Any], metric: str) -> float:
         return float(rec["costs"][metric])
     if metric in rec.get("latency_predicted", {}) and rec["latency_predicted"][metric] is not None:
         return float(rec["latency_predicted"][metric])
-    task, _, name = metric.partition(".")
+    task, _, name = metric.rpartition(".")  # task names may hold dots (text:PATH); metric names do not
     return float(rec["metrics"][task][name])
 
 

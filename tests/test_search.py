@@ -1,0 +1,106 @@
+"""LINAS search plumbing on a tiny model with a real (perplexity) evaluator."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hwnas.errors import HwnasUserError
+from hwnas.evaluate.evaluator import Evaluator
+from hwnas.search import Encoding, LinasConfig, Objective, ResultsStore, RunConfig, Search
+from hwnas.space import SearchSpace
+from hwnas.supernet import Supernet
+
+SPACE = SearchSpace.from_dict({"base": {"num_layers": 4, "intermediate_size": 256}, "layers": {"min_depth": 2},
+                               "mlp": {"widths": [64, 128, 192, 256]}})
+
+
+@pytest.fixture
+def text_task(tmp_path):
+    p = tmp_path / "text.txt"
+    p.write_text(" ".join(f"w{(i * 7) % 23}" for i in range(4000)))
+    return f"text:{p}"
+
+
+def make_search(tiny_llama, tmp_path, text_task, name="run", algorithm="linas", progress=None, **linas):
+    lc = LinasConfig(**{"initial": 8, "rounds": 2, "per_round": 4, "inner_evaluations": 400, "population": 20,
+                        **linas})
+    cfg = RunConfig(model="tiny", objectives=[Objective(f"{text_task}.ppl"), Objective("params")], tasks=[text_task],
+                    linas=lc, algorithm=algorithm, seed=1)
+    sn = Supernet(tiny_llama)
+    space_file = tmp_path / "space.yaml"
+    SPACE.save(space_file)
+    cfg.space = str(space_file)
+    ev = Evaluator(tiny_llama.tokenizer, [text_task], ppl_windows=2, ppl_window=64)
+    return Search(cfg, tmp_path / name, supernet=sn, evaluator=ev, progress=progress)
+
+
+def test_encoding_round_trip_and_repair():
+    enc = Encoding(SPACE, layer_scores=[0.9, 0.1, 0.5, 0.2])
+    x = np.array([[0, 0, 0, 0, 3, 2, 1, 0]])  # all layers dropped -> repaired to min depth 2
+    s = enc.decode(x)[0]
+    assert s.layers == (0, 2) and s.mlp_widths == (256, 128)  # most influential re-added
+    assert enc.decode(enc.encode(s))[0] == s  # widths of dropped layers do not matter
+    feats = enc.features(enc.repair(x))
+    from hwnas.predictors import subnet_features
+
+    assert np.allclose(feats, subnet_features([s], SPACE))
+
+
+def test_linas_runs_dedups_and_records_named_fields(tiny_llama, tmp_path, text_task):
+    search = make_search(tiny_llama, tmp_path, text_task)
+    res = search.run()
+    keys = [json.dumps(r["subnet"], sort_keys=True) for r in res.records]
+    assert len(keys) == len(set(keys)) == 16
+    rec = res.records[-1]
+    for field in ("subnet", "metrics", "costs", "latency_predicted", "round", "seeds", "versions", "timestamp",
+                  "predicted"):
+        assert field in rec
+    assert rec["round"] == 2
+    assert sum(bool(r["predicted"]) for r in res.records if r["round"] >= 1) >= 4  # predictor-driven picks
+    assert res.front and (tmp_path / "run" / "front.json").is_file()
+    assert sorted((tmp_path / "run" / "rounds").glob("round_*.json"))
+
+
+def test_killed_search_resumes_without_losing_or_repeating(tiny_llama, tmp_path, text_task):
+    class Kill(Exception):
+        pass
+
+    def kill_at(n):
+        def progress(state):
+            if state["evaluations"] == n:
+                raise Kill
+        return progress
+
+    for n in (3, 9, 13):
+        with pytest.raises(Kill):
+            make_search(tiny_llama, tmp_path, text_task, name="k", progress=kill_at(n)).run()
+    make_search(tiny_llama, tmp_path, text_task, name="k").run()
+    lines = (tmp_path / "k" / "evaluations.jsonl").read_text().splitlines()
+    subnets = [json.dumps(json.loads(line)["subnet"], sort_keys=True) for line in lines]
+    assert len(subnets) == len(set(subnets)) == 16
+    straight = make_search(tiny_llama, tmp_path, text_task, name="s").run()
+    assert sorted(subnets) == sorted(json.dumps(r["subnet"], sort_keys=True) for r in straight.records)
+
+
+@pytest.mark.parametrize("algorithm", ["nsga2", "random"])
+def test_baselines_spend_the_same_budget(tiny_llama, tmp_path, text_task, algorithm):
+    res = make_search(tiny_llama, tmp_path, text_task, name=algorithm, algorithm=algorithm).run()
+    assert len(res.records) == 16
+
+
+def test_store_skips_a_line_cut_by_a_kill(tmp_path):
+    p = tmp_path / "e.jsonl"
+    p.write_text('{"subnet": {"layers": [0], "mlp_widths": [64]}, "round": 0}\n{"subnet": {"lay')
+    assert len(ResultsStore(p)) == 1
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(HwnasUserError, match="at least two"):
+        RunConfig.from_dict({"objectives": [{"metric": "wikitext2.ppl"}]})
+    with pytest.raises(HwnasUserError, match="needs task"):
+        RunConfig.from_dict({"objectives": ["arc_easy.acc", "params"]})
+    with pytest.raises(HwnasUserError, match="latency_model"):
+        RunConfig.from_dict({"objectives": ["wikitext2.ppl", "decode_ms_per_token"]})
+    with pytest.raises(HwnasUserError, match="unknown keys"):
+        RunConfig.from_dict({"objective": []})
