@@ -3,6 +3,7 @@ choice, seeded (stratified) subsampling, perplexity, the `hwnas eval` command.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -164,8 +165,17 @@ def test_evaluator_on_tiny_model_every_task(tiny_llama, tmp_path):
         assert tr.n == len(tr.items) == 3 and 0 <= tr.acc <= 1
         assert (tr.acc_norm is None) == ("acc_norm" not in spec.metrics)
     assert json.loads(json.dumps(res.to_dict()))["version"] == 1
-    again = ev.evaluate(tiny_llama.model)
-    assert [i.pred for i in again.tasks["arc_easy"].items] == [i.pred for i in res.tasks["arc_easy"].items]
+    again = ev.evaluate(tiny_llama.model, tasks=["arc_easy", "winogrande"])
+    assert list(again.tasks) == ["arc_easy", "winogrande"]
+    assert again.agreement(res) == {"arc_easy": 1.0, "winogrande": 1.0}
+    tr = res.tasks["piqa"]  # the tiny tokenizer maps real text to <unk>: every choice ties, pred 0
+    flipped = dataclasses.replace(tr, items=(dataclasses.replace(tr.items[0], pred=1),) + tr.items[1:])
+    other = dataclasses.replace(res, tasks={**res.tasks, "piqa": flipped})
+    agree = other.agreement(res)
+    assert set(agree) == {n for n in names if get_task(n).kind != "perplexity"}
+    assert agree["piqa"] == pytest.approx(2 / 3) and agree["arc_easy"] == 1.0
+    with pytest.raises(HwnasUserError, match="not prepared"):
+        ev.evaluate(tiny_llama.model, tasks=["piqa_x"])
 
 
 def test_cli_eval_json(tiny_model_dir, capsys):

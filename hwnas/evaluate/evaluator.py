@@ -79,6 +79,20 @@ class EvalResult:
         """The value of the task's declared metric (acc, acc_norm or ppl)."""
         return self.tasks[task].value
 
+    def agreement(self, other: EvalResult) -> dict[str, float]:
+        """Per task, the fraction of items where both results chose the same answer (acc's argmax;
+        LAMBADA: the same greedy verdict); only tasks and items present in both count."""
+        out = {}
+        for name, mine in self.tasks.items():
+            theirs = other.tasks.get(name)
+            if theirs is None or not mine.items:
+                continue
+            by_index = {i.index: i.pred for i in theirs.items}
+            same = [i.pred == by_index[i.index] for i in mine.items if i.index in by_index]
+            if same:
+                out[name] = sum(same) / len(same)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {"version": RESULT_VERSION, "tasks": {k: v.to_dict() for k, v in self.tasks.items()},
                 "limit": self.limit, "seed": self.seed, "seconds": round(self.seconds, 3)}
@@ -135,13 +149,18 @@ class Evaluator:
             at += len(d.contexts)
         return PreparedTask(spec, docs, Scorer(items, pack_tokens=pack_tokens))
 
-    def evaluate(self, model) -> EvalResult:  # noqa: ANN001 - any transformers causal LM in memory
-        """Score `model` (a base model or a materialized sub-network) on every prepared task."""
+    def evaluate(self, model, tasks: Sequence[str] | None = None) -> EvalResult:  # noqa: ANN001
+        """Score `model` (any transformers causal LM in memory: a base model or a materialized
+        sub-network) on every prepared task, or on the prepared `tasks` named."""
+        names = list(self.tasks) if tasks is None else list(tasks)
+        unknown = [n for n in names if n not in self.tasks]
+        if unknown:
+            raise TaskError(f"tasks {unknown} were not prepared; this evaluator has {list(self.tasks)}")
         t0 = time.perf_counter()
         was_training = model.training
         model.eval()
         try:
-            results = {name: self._run(task, model) for name, task in self.tasks.items()}
+            results = {name: self._run(self.tasks[name], model) for name in names}
         finally:
             model.train(was_training)
         return EvalResult(results, time.perf_counter() - t0, self.limit, self.seed)
