@@ -384,7 +384,13 @@ class Search:
 
     # real evaluation -------------------------------------------------------------------------
 
-    def evaluate(self, s: Subnet, round_: int, predicted: dict[str, float] | None = None) -> dict[str, Any]:
+    @property
+    def spent(self) -> int:
+        """Real evaluations that count against the budget (the base model's does not)."""
+        return sum(1 for r in self.store.records if not r.get("is_base"))
+
+    def evaluate(self, s: Subnet, round_: int, predicted: dict[str, float] | None = None,
+                 base: bool = False) -> dict[str, Any]:
         if s in self.store:
             return next(r for r in self.store.records if r["subnet"] == s.to_dict())
         import torch
@@ -406,6 +412,7 @@ class Search:
             "run_id": self.run_dir.name,
             "index": len(self.store),
             "round": round_,
+            "is_base": base,
             "subnet": s.to_dict(),
             "metrics": metrics,
             "costs": self.costs.of_subnet(s),
@@ -428,7 +435,7 @@ class Search:
             self._bounds = (f.min(0), f.max(0))
         hv = self.current_hypervolume() if self._bounds is not None else 0.0
         if self.progress:
-            self.progress({"round": round_, "evaluations": len(self.store), "budget": self.budget, "hypervolume": hv})
+            self.progress({"round": round_, "evaluations": self.spent, "budget": self.budget, "hypervolume": hv})
 
     def current_hypervolume(self) -> float:
         recs = [r for r, ok in zip(self.store.records, self.feasible(self.store.records)) if ok]
@@ -531,6 +538,7 @@ class Search:
     # the loops -------------------------------------------------------------------------------
 
     def run(self) -> SearchResult:
+        self.evaluate(self.sn.full_subnet(), 0, base=True)  # the reference point of every report
         {"linas": self._run_linas, "nsga2": self._run_nsga2, "random": self._run_random}[self.cfg.algorithm]()
         return self.result()
 
@@ -539,15 +547,15 @@ class Search:
             cands, preds = self._candidates(r)
             for s, p in zip(cands, preds):
                 self.evaluate(s, r, p)
-            self.hv_history.append((len(self.store), self.current_hypervolume()))
+            self.hv_history.append((self.spent, self.current_hypervolume()))
 
     def _run_random(self) -> None:
         rng = random.Random(self.cfg.seed)
-        taken: set[str] = set()
-        while len(self.store) < self.budget:
+        taken = set(self.store.keys)
+        while self.spent < self.budget:
             s = self._random_new(1, rng, taken)[0]
             self.evaluate(s, 0)
-        self.hv_history.append((len(self.store), self.current_hypervolume()))
+        self.hv_history.append((self.spent, self.current_hypervolume()))
 
     def _run_nsga2(self) -> None:
         """Plain NSGA-II on real evaluations (the baseline LINAS is compared with)."""
@@ -562,12 +570,12 @@ class Search:
         algo = _nsga2(self, lc, NSGA2, pop_size=pop_size)
         algo.setup(problem, seed=self.cfg.seed, termination=("n_gen", 10**9))
         gen = 0
-        while len(self.store) < self.budget:
+        while self.spent < self.budget:
             pop = algo.ask()
             x = self.encoding.repair(pop.get("X"))
             recs = []
             for s in self.encoding.decode(x):
-                if len(self.store) >= self.budget and s not in self.store:
+                if self.spent >= self.budget and s not in self.store:
                     break
                 recs.append(self.evaluate(s, gen))
             if len(recs) < len(x):
@@ -580,7 +588,7 @@ class Search:
             PymooEvaluator().eval(problem, pop, skip_already_evaluated=True)
             algo.tell(infills=pop)
             gen += 1
-        self.hv_history.append((len(self.store), self.current_hypervolume()))
+        self.hv_history.append((self.spent, self.current_hypervolume()))
 
     def _constraint_matrix(self, recs: list[dict[str, Any]]) -> np.ndarray:
         cols = []

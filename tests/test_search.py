@@ -51,7 +51,7 @@ def test_linas_runs_dedups_and_records_named_fields(tiny_llama, tmp_path, text_t
     search = make_search(tiny_llama, tmp_path, text_task)
     res = search.run()
     keys = [json.dumps(r["subnet"], sort_keys=True) for r in res.records]
-    assert len(keys) == len(set(keys)) == 16
+    assert len(keys) == len(set(keys)) == 17  # 16 + the base model
     rec = res.records[-1]
     for field in ("subnet", "metrics", "costs", "latency_predicted", "round", "seeds", "versions", "timestamp",
                   "predicted"):
@@ -78,7 +78,7 @@ def test_killed_search_resumes_without_losing_or_repeating(tiny_llama, tmp_path,
     make_search(tiny_llama, tmp_path, text_task, name="k").run()
     lines = (tmp_path / "k" / "evaluations.jsonl").read_text().splitlines()
     subnets = [json.dumps(json.loads(line)["subnet"], sort_keys=True) for line in lines]
-    assert len(subnets) == len(set(subnets)) == 16
+    assert len(subnets) == len(set(subnets)) == 17
     straight = make_search(tiny_llama, tmp_path, text_task, name="s").run()
     assert sorted(subnets) == sorted(json.dumps(r["subnet"], sort_keys=True) for r in straight.records)
 
@@ -86,7 +86,7 @@ def test_killed_search_resumes_without_losing_or_repeating(tiny_llama, tmp_path,
 @pytest.mark.parametrize("algorithm", ["nsga2", "random"])
 def test_baselines_spend_the_same_budget(tiny_llama, tmp_path, text_task, algorithm):
     res = make_search(tiny_llama, tmp_path, text_task, name=algorithm, algorithm=algorithm).run()
-    assert len(res.records) == 16
+    assert len(res.records) == 17 and sum(r["is_base"] for r in res.records) == 1
 
 
 def test_store_skips_a_line_cut_by_a_kill(tmp_path):
@@ -104,3 +104,20 @@ def test_config_validation(tmp_path):
         RunConfig.from_dict({"objectives": ["wikitext2.ppl", "decode_ms_per_token"]})
     with pytest.raises(HwnasUserError, match="unknown keys"):
         RunConfig.from_dict({"objective": []})
+
+
+def test_report_writes_plots_table_and_picks(tiny_llama, tmp_path, text_task):
+    from hwnas.report import Run, pick, write_report
+
+    make_search(tiny_llama, tmp_path, text_task, name="r").run()
+    files = write_report(tmp_path / "r")
+    assert any(f.suffix == ".png" for f in files) and (tmp_path / "r" / "report" / "front.md").is_file()
+    assert "base" in (tmp_path / "r" / "report" / "front.md").read_text()
+    run = Run.load(tmp_path / "r")
+    metric = f"{text_task}.ppl"
+    rec = pick(run, ["params<=0.8*base", f"{metric}<=base*100"], metric)
+    assert rec["costs"]["params"] <= 0.8 * run.base["costs"]["params"]
+    with pytest.raises(HwnasUserError, match="no evaluated"):
+        pick(run, ["params<=0.01*base"], metric)
+    with pytest.raises(HwnasUserError, match="cannot read"):
+        pick(run, ["params<=__import__('os')"], metric)

@@ -1,0 +1,191 @@
+"""Reports on a search run: Pareto plots (PNG), the front as a markdown table, the roofline distance
+of each point, and picking one sub-network by rules relative to the base model."""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import HwnasUserError
+from .fileio import write_text
+from .search import COST_METRICS, LATENCY_METRICS, Objective, RunConfig, metric_value, pareto_mask
+
+_RULE = re.compile(r"^\s*([\w.:/\-]+?)\s*(<=|>=|<|>)\s*(.+?)\s*$")
+_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+
+
+@dataclass
+class Run:
+    run_dir: Path
+    config: RunConfig
+    records: list[dict[str, Any]]
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Run:
+        run_dir = Path(run_dir)
+        store = run_dir / "evaluations.jsonl"
+        if not store.is_file():
+            raise HwnasUserError(f"{run_dir} is not a search run folder (no evaluations.jsonl)")
+        from .search import ResultsStore
+
+        cfg = RunConfig.load(run_dir / "config.yaml")
+        return cls(run_dir, cfg, ResultsStore(store).records)
+
+    @property
+    def base(self) -> dict[str, Any] | None:
+        return next((r for r in self.records if r.get("is_base")), None)
+
+    def value(self, rec: dict[str, Any], metric: str) -> float:
+        return metric_value(rec, metric)
+
+    def front(self) -> list[dict[str, Any]]:
+        objs = self.config.objectives
+        f = np.asarray([[o.sign * self.value(r, o.metric) for o in objs] for r in self.records])
+        return [r for r, m in zip(self.records, pareto_mask(f)) if m]
+
+
+def pick(run: Run, rules: list[str], best: str) -> dict[str, Any]:
+    """The record satisfying every rule (`metric OP expr`, where expr may use `base`, e.g.
+    `decode_ms_per_token<=0.8*base`, `arc_easy.acc_norm>=base-0.01`) with the best `best` metric."""
+    base = run.base
+    checks = []
+    for rule in rules:
+        m = _RULE.match(rule)
+        if not m:
+            raise HwnasUserError(f"cannot read rule '{rule}': write METRIC<=EXPR, e.g. decode_ms_per_token<=0.8*base")
+        metric, op, expr = m.groups()
+        if "base" in expr and base is None:
+            raise HwnasUserError(f"rule '{rule}' refers to the base model, which this run did not evaluate")
+        bound = _safe_eval(expr, base=run.value(base, metric) if base and "base" in expr else None)
+        checks.append((metric, _OPS[op], bound))
+    goal_max = best.startswith("max:")
+    metric_best = best[4:] if best.startswith(("max:", "min:")) else best
+    ok = [r for r in run.records if all(fn(run.value(r, mt), b) for mt, fn, b in checks)]
+    if not ok:
+        raise HwnasUserError(f"no evaluated sub-network satisfies {rules}")
+    return (max if goal_max else min)(ok, key=lambda r: run.value(r, metric_best))
+
+
+def _safe_eval(expr: str, base: float | None) -> float:
+    if not re.fullmatch(r"[\d.\s+\-*/()eE]*", expr.replace("base", "")):
+        raise HwnasUserError(f"cannot read the bound '{expr}': use numbers, + - * / and 'base'")
+    return float(eval(expr, {"__builtins__": {}}, {"base": base}))  # noqa: S307 - checked above
+
+
+def roofline_decode_ms(params: float, bytes_per_param: float, bandwidth_gbs: float) -> float:
+    """Lower bound of a decode step on a memory-bound device: every weight read once."""
+    return params * bytes_per_param / (bandwidth_gbs * 1e9) * 1e3
+
+
+def write_report(run_dir: str | Path) -> list[Path]:
+    """Plots and the front table into RUN_DIR/report/; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = Run.load(run_dir)
+    out = run.run_dir / "report"
+    out.mkdir(exist_ok=True)
+    objs = run.config.objectives
+    acc = next((o for o in objs if o.kind == "accuracy"), None)
+    if acc is None:
+        raise HwnasUserError("the run has no accuracy objective to plot")
+    front = run.front()
+    written: list[Path] = []
+    cost_metrics = [m for m in (*LATENCY_METRICS, *COST_METRICS)
+                    if all(_has(r, m) for r in run.records)]
+    for cost in cost_metrics:
+        fig, ax = plt.subplots(figsize=(6.4, 4.6))
+        scale = 1e6 if cost == "params" else 1.0
+        xs = [run.value(r, cost) / scale for r in run.records]
+        ys = [run.value(r, acc.metric) for r in run.records]
+        rounds = [r["round"] for r in run.records]
+        sc = ax.scatter(xs, ys, c=rounds, cmap="viridis", s=14, alpha=0.7, label="evaluated")
+        fig.colorbar(sc, ax=ax, label="round")
+        fx = [(run.value(r, cost) / scale, run.value(r, acc.metric)) for r in front]
+        fx.sort()
+        if fx:
+            ax.plot(*zip(*fx), "r.-", lw=1, ms=7, label="Pareto front")
+        measured = [r for r in run.records if (r.get("latency_measured") or {}).get(cost) is not None]
+        if measured and cost in LATENCY_METRICS:
+            ax.scatter([r["latency_measured"][cost] for r in measured],
+                       [run.value(r, acc.metric) for r in measured], marker="x", c="k", label="measured")
+        if run.base:
+            ax.scatter([run.value(run.base, cost) / scale], [run.value(run.base, acc.metric)], marker="*", s=220,
+                       c="gold", edgecolors="k", label="base model", zorder=5)
+        ax.set_xlabel(cost + (" (M)" if scale != 1 else "") + (" (predicted)" if cost in LATENCY_METRICS else ""))
+        ax.set_ylabel(acc.metric)
+        if acc.metric.endswith("ppl"):
+            ax.set_yscale("log")
+        ax.set_title(f"{run.run_dir.name}: {acc.metric[-40:]} vs {cost}", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"{_slug(acc.metric)}_vs_{cost}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    written.append(_front_table(run, front, objs, out))
+    return written
+
+
+def _has(rec: dict[str, Any], metric: str) -> bool:
+    try:
+        metric_value(rec, metric)
+        return True
+    except (KeyError, TypeError):
+        return False
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^\w]+", "_", s).strip("_")
+
+
+def _front_table(run: Run, front: list[dict[str, Any]], objs: list[Objective], out: Path) -> Path:
+    cols = [o.metric for o in objs] + [m for m in ("params", "size_mb") if m not in {o.metric for o in objs}]
+    bw = _bandwidth(run)
+    lines = [f"# Pareto front of {run.run_dir.name}", "",
+             f"{len(run.records)} real evaluations; objectives: "
+             + ", ".join(f"{o.metric} ({o.goal})" for o in objs), ""]
+    header = ["#", "depth", *cols, "roofline decode ms" if bw else None, "subnet"]
+    header = [h for h in header if h]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = ([run.base] if run.base and run.base not in front else []) + sorted(
+        front, key=lambda r: run.value(r, objs[0].metric))
+    for r in rows:
+        cells = [("base" if r.get("is_base") else str(r["index"])), str(len(r["subnet"]["layers"]))]
+        cells += [_fmt(run.value(r, c)) for c in cols]
+        if bw:
+            bound = roofline_decode_ms(r["costs"]["params"], 4, bw)
+            dec = (r.get("latency_measured") or {}).get("decode_ms_per_token") or \
+                (r.get("latency_predicted") or {}).get("decode_ms_per_token")
+            cells.append(f"{bound:.1f}" + (f" ({bound / dec:.0%} of it)" if dec else ""))
+        cells.append("`" + json.dumps(r["subnet"], separators=(",", ":")) + "`")
+        lines.append("| " + " | ".join(cells) + " |")
+    path = out / "front.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _bandwidth(run: Run) -> float | None:
+    """Memory bandwidth (GB/s) from the latency model's device profile, if the run used one."""
+    if not run.config.latency_model:
+        return None
+    try:
+        from .latency import LatencyModel
+
+        return LatencyModel.load(run.config.latency_model).bandwidth_gbs
+    except (ImportError, HwnasUserError, AttributeError):
+        return None
+
+
+def _fmt(v: float) -> str:
+    if abs(v) >= 1e6:
+        return f"{v / 1e6:.1f}M"
+    return f"{v:.4g}"
