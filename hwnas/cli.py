@@ -15,6 +15,9 @@ COMMANDS = (
     "hwnas.commands.space",
     "hwnas.commands.subnet",
     "hwnas.commands.demo",
+    "hwnas.commands.finetune",
+    "hwnas.commands.search",
+    "hwnas.commands.report",
     "hwnas.commands.eval",
 )
 
