@@ -26,3 +26,11 @@ class SubnetError(HwnasUserError):
 
 class DataNotFoundError(HwnasUserError):
     """An evaluation or calibration file is missing from the data folder."""
+
+
+class BackendError(HwnasUserError):
+    """A runtime backend is unknown, unavailable, or failed to set up."""
+
+
+class ProfileError(HwnasUserError):
+    """A device profile folder is missing, malformed, or lacks the asked-for entry."""

@@ -1,0 +1,118 @@
+"""What can be measured: a whole (sub-)network or one operator block, built from hwnas core.
+
+A `GraphSpec` is plain data (it crosses process boundaries as JSON); `build` turns it into an
+export-friendly module (`onnx_export`) and its `GraphIO`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+KINDS = ("model", "attention", "mlp", "head")
+FORMAT_VERSION = 1  # bump when onnx_export changes what it writes
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """A graph to time: `model` (a whole sub-network), or an operator block of layer `layer`."""
+
+    kind: str
+    model: str  # hwnas model spec: embedded name, HF folder, .gguf, hub id
+    subnet: dict[str, list[int]] | None = None  # kind == "model": which sub-network (None: full)
+    width: int | None = None  # kind == "mlp": MLP width (first k channels)
+    layer: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GraphSpec:
+        return cls(**d)
+
+
+def graph_io(config, kind: str, n_layers: int) -> Any:  # noqa: ANN001
+    """The GraphIO of a graph of this kind over a model with this config."""
+    from .onnx_export import GraphIO
+
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv = config.num_key_value_heads or heads
+    x_kind = "ids" if kind in ("model", "head") else "hidden"
+    past = {"model": n_layers, "attention": 1}.get(kind, 0)
+    return GraphIO(x_kind, config.hidden_size, config.vocab_size, past, kv, head_dim)
+
+
+def build_module(model: Any, kind: str, *, width: int | None = None, layer: int = 0) -> tuple[Any, Any]:
+    """The module and GraphIO of one graph over an in-memory transformers model."""
+    from .onnx_export import AttentionBlock, CausalLMWithPast, HeadBlock, MLPBlock
+
+    layers = model.model.layers
+    if kind == "model":
+        module = CausalLMWithPast(model)
+    elif kind == "attention":
+        module = AttentionBlock(layers[layer], model.model.rotary_emb, model.config)
+    elif kind == "mlp":
+        module = MLPBlock(layers[layer], width)
+    elif kind == "head":
+        module = HeadBlock(model)
+    else:
+        raise ValueError(f"unknown graph kind {kind!r}; expected one of {KINDS}")
+    return module.eval(), graph_io(model.config, kind, len(layers))
+
+
+def build(spec: GraphSpec, loaded: Any = None) -> tuple[Any, Any]:
+    """Load the model named by the spec (or use `loaded`, a LoadedModel) and build the graph."""
+    from hwnas.model import load_model
+    from hwnas.supernet import Supernet
+
+    base = loaded if loaded is not None else load_model(spec.model)
+    model = base.model
+    if spec.kind == "model" and spec.subnet is not None:
+        sn = Supernet(base)
+        model = sn.materialize(sn.parse_subnet(spec.subnet), share_weights=True)
+    return build_module(model, spec.kind, width=spec.width, layer=spec.layer)
+
+
+def graph_io_for(spec: GraphSpec) -> Any:
+    """The GraphIO of a spec from the model's config alone (no weights loaded)."""
+    from hwnas.model import load_config
+
+    config = load_config(spec.model)
+    n_layers = len(spec.subnet["layers"]) if spec.kind == "model" and spec.subnet else config.num_hidden_layers
+    return graph_io(config, spec.kind, n_layers)
+
+
+def model_identity(spec: str) -> str:
+    """Cheap identity of a model spec for caching converted graphs (changes when its files do)."""
+    from pathlib import Path
+
+    from hwnas.model import EMBEDDED, _folder_hash
+
+    path = Path(spec).expanduser()
+    if spec in EMBEDDED:
+        path = EMBEDDED[spec].locate()
+    if path.is_dir():
+        return _folder_hash(path)
+    if path.is_file():
+        st = path.stat()
+        return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+    return spec
+
+
+def graph_cache_dir(spec: GraphSpec) -> Any:
+    """Where converted graphs of this spec are kept (shared by backends: graph.onnx, openvino.xml)."""
+    import hashlib
+    import json
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from hwnas.model import cache_root
+
+    ident = {"spec": spec.to_dict(), "model": model_identity(spec.model), "torch": version("torch"),
+             "format": FORMAT_VERSION}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+    import os
+
+    root = os.environ.get("HWNAS_GRAPH_CACHE") or cache_root() / "graphs"
+    return Path(root) / f"{spec.kind}-{key}"

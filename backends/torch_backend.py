@@ -1,0 +1,95 @@
+"""torch eager backend: CPU, or CUDA (CUDA events for timing, `max_memory_allocated` for memory)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .base import Backend, BackendConfig, Measurement, dist_versions
+
+
+@dataclass
+class TorchConfig(BackendConfig):
+    device: str = "cpu"  # or "cuda" / "cuda:N"
+
+
+class TorchBackend(Backend):
+    NAME = "torch"
+    CONFIG = TorchConfig
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        return True, ""
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        return dist_versions("torch", "transformers")
+
+    def device(self) -> str:
+        import torch
+
+        if self.config.device.startswith("cuda"):
+            return f"cuda:{torch.cuda.get_device_name(torch.device(self.config.device))}"
+        return super().device()
+
+    def prepare(self, module: Any, io: Any, workdir: Path) -> None:
+        import torch
+
+        if self.config.device.startswith("cuda") and not torch.cuda.is_available():
+            from hwnas.errors import BackendError
+
+            raise BackendError("torch backend: device cuda asked for but no CUDA GPU is visible")
+        torch.set_num_threads(self.config.threads)
+        self.dev = torch.device(self.config.device)
+        self.module = module.to(self.dev).eval()
+        self.io = io
+        self._past: list[Any] = []
+        self._out = None
+
+    def load_past(self, past: list[Any]) -> None:
+        self._past = [p.to(self.dev) for p in past]
+
+    def step(self, x: Any) -> None:
+        import torch
+
+        with torch.inference_mode():
+            if x.device != self.dev:
+                x = x.to(self.dev)
+            out = self.module(x, *self._past)
+        self._out = out[0]
+        if self.io.n_layers_past:
+            self._past = list(out[1:])
+
+    def outputs(self) -> Any:
+        return self._out.detach().float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.dev.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.dev)
+
+    def timer(self):  # noqa: ANN201
+        if self.dev.type != "cuda":
+            return super().timer()
+        import torch
+
+        def run(fn) -> float:  # noqa: ANN001
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+        return run
+
+    def _measure(self, *args: Any, **kwargs: Any) -> Measurement:
+        if self.dev.type != "cuda":
+            return super()._measure(*args, **kwargs)
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(self.dev)
+        m = super()._measure(*args, **kwargs)
+        m.peak_mem_mb = torch.cuda.max_memory_allocated(self.dev) / 2**20
+        return m

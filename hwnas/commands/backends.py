@@ -1,0 +1,43 @@
+"""`hwnas backends`: list runtime backends (entry points), their availability and versions."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import emit_json, info
+
+NAME = "backends"
+HELP = "list runtime backends with availability and versions (--setup deepsparse creates its venv)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--setup", metavar="BACKEND", choices=["deepsparse"],
+                   help="create the private environment a backend needs (deepsparse: ~30 s, ~485 MB)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hwnas_backends.base import backend_class, backend_names
+
+    if args.setup == "deepsparse":
+        from hwnas_backends.deepsparse_backend import setup_venv
+
+        py = setup_venv(log=info)
+        info(f"deepsparse venv ready: {py}")
+    rows = []
+    for name in backend_names():
+        try:
+            cls = backend_class(name)
+            ok, why = cls.available()
+            versions = cls.versions() if ok else {}
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is listed, not fatal
+            ok, why, versions = False, f"failed to load: {type(exc).__name__}: {exc}", {}
+        rows.append({"name": name, "available": ok, "reason": why, "versions": versions})
+    if args.json:
+        emit_json(rows)
+        return 0
+    for r in rows:
+        status = "yes" if r["available"] else "no "
+        detail = ", ".join(f"{k} {v}" for k, v in r["versions"].items()) if r["available"] else r["reason"]
+        print(f"{r['name']:<12} {status}  {detail}")
+    return 0

@@ -1,0 +1,78 @@
+"""`hwnas bench`: time one sub-network end to end (prefill, then decode with the KV cache)."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import add_model_argument, emit_json, info
+
+NAME = "bench"
+HELP = "benchmark a whole sub-network on one backend: prefill ms and decode ms per token (medians)"
+
+
+def parse_options(items: list[str] | None) -> dict[str, object]:
+    """KEY=VALUE backend options (numbers and true/false are converted)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items or []:
+        if "=" not in item:
+            from ..errors import BackendError
+
+            raise BackendError(f"backend option {item!r} must look like KEY=VALUE (e.g. device=cuda)")
+        k, v = item.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_argument(p)
+    p.add_argument("--subnet", default=None, help='sub-network JSON {"layers": [...], "mlp_widths": [...]} '
+                   "(default: the full model)")
+    p.add_argument("--backend", required=True, help="a backend name (see `hwnas backends`)")
+    p.add_argument("--prefill", type=int, default=128, help="prompt tokens (default 128)")
+    p.add_argument("--decode", type=int, default=32, help="tokens decoded per repeat (default 32)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="backend config field, e.g. device=cuda (torch), stateful=false (openvino)")
+    p.add_argument("--in-process", action="store_true", help="measure in this process (default: a worker)")
+    p.add_argument("--json", action="store_true", help="print the JSON result object")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..bench import bench_subnet
+    from ..model import config_mlp_widths, load_config
+    from ..subnet import Subnet
+
+    config = load_config(args.model)
+    subnet = None
+    if args.subnet:
+        from ..errors import SubnetError
+
+        path = Path(args.subnet)
+        if not path.is_file():
+            raise SubnetError(f"sub-network file not found: {path}")
+        subnet = Subnet.load(path, num_layers=config.num_hidden_layers,
+                             intermediate_size=config_mlp_widths(config)).to_dict()
+    info(f"benchmarking {'sub-network ' + args.subnet if subnet else 'the full model'} on {args.backend} "
+         f"(prefill {args.prefill}, decode {args.decode}, batch {args.batch}, {args.threads} thread(s))")
+    res = bench_subnet(args.model, subnet, args.backend, prefill=args.prefill, decode=args.decode,
+                       batch=args.batch, threads=args.threads, config=parse_options(args.option),
+                       isolate=not args.in_process)
+    if res.flagged:
+        info(f"warning: noisy measurement (CV prefill {res.cv_prefill:.3f}, decode {res.cv_decode:.3f}, "
+             f"other-process load {res.load:.2f} cores)")
+    if args.json:
+        print(json.dumps(res.summary()))
+    else:
+        print(f"{res.backend}: prefill {res.prefill_ms:.2f} ms ({res.prefill_tokens} tokens), decode "
+              f"{res.decode_ms_per_token:.2f} ms/token, peak {res.peak_mem_mb:.0f} MB, {res.repeats} repeats, "
+              f"CV {res.cv_prefill:.3f}/{res.cv_decode:.3f} on {res.device}")
+    return 0
+
+
+__all__ = ["emit_json"]

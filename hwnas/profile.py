@@ -1,0 +1,255 @@
+"""Operator profiling into a device profile: an operator grid, a lookup table, and its header.
+
+A device profile is a folder (format in docs/formats.md): `profile.yaml` (version, fingerprint,
+runtime versions, grid, model/space, date, threads) and `lut.csv` (one named-column row per
+op x width x phase x tokens/context x batch). `run_profile` sweeps the grid one graph per worker
+process and rewrites `lut.csv` atomically after each graph, so a killed run resumes where it
+stopped. `DeviceProfile.load(dir).lookup(...)` is what the latency model builds features from.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import io
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ProfileError
+from .fileio import write_text, write_yaml
+
+PROFILE_VERSION = 1
+HEADER_FILE = "profile.yaml"
+LUT_FILE = "lut.csv"
+KEY_COLUMNS = ("op", "width", "phase", "tokens", "context", "batch")
+VALUE_COLUMNS = ("median_ms", "p90_ms", "cv", "cv_raw", "repeats", "peak_mem_mb", "flagged", "load", "threads")
+COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
+OPS = ("attention", "mlp", "head")
+INT_COLUMNS = {"width", "tokens", "context", "batch", "repeats", "threads"}
+
+
+@dataclass
+class OperatorGrid:
+    """Which shapes to time. MLP and head decode do not depend on context (row context = 0)."""
+
+    prefill_tokens: list[int] = field(default_factory=lambda: [32, 128, 512])
+    decode_contexts: list[int] = field(default_factory=lambda: [128, 512, 1024])
+    batches: list[int] = field(default_factory=lambda: [1])
+    mlp_widths: list[int] = field(default_factory=list)
+    layer: int = 0  # the decoder layer whose weights the blocks use
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def jobs(self) -> list[tuple[str, int, list[dict[str, int | str]]]]:
+        """(op, width, tasks) per graph; a task is a worker `Task` as a dict."""
+        def tasks(context_dependent: bool) -> list[dict[str, int | str]]:
+            out: list[dict[str, int | str]] = []
+            for b in self.batches:
+                out += [{"phase": "prefill", "tokens": t, "context": 0, "batch": b} for t in self.prefill_tokens]
+                contexts = self.decode_contexts if context_dependent else [0]
+                out += [{"phase": "decode", "tokens": 1, "context": c, "batch": b} for c in contexts]
+            return out
+
+        jobs = [("attention", 0, tasks(True))]
+        jobs += [("mlp", w, tasks(False)) for w in self.mlp_widths]
+        jobs.append(("head", 0, tasks(False)))
+        return jobs
+
+    def size(self) -> int:
+        return sum(len(t) for _, _, t in self.jobs())
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    return tuple(int(row[c]) if c in INT_COLUMNS else str(row[c]) for c in KEY_COLUMNS)
+
+
+@dataclass
+class DeviceProfile:
+    """A loaded device profile: the YAML header and the lookup-table rows."""
+
+    header: dict[str, Any]
+    rows: list[dict[str, Any]]
+    path: Path | None = None
+
+    # --- files -----------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, folder: str | Path) -> DeviceProfile:
+        """Read a profile folder (`profile.yaml` + `lut.csv`)."""
+        folder = Path(folder)
+        head = folder / HEADER_FILE
+        if not head.is_file():
+            raise ProfileError(f"{folder} is not a device profile (no {HEADER_FILE}); make one with `hwnas profile`")
+        header = yaml.safe_load(head.read_text()) or {}
+        if header.get("version") != PROFILE_VERSION:
+            raise ProfileError(f"{head}: version {header.get('version')!r}, this hwnas reads {PROFILE_VERSION}")
+        rows = read_lut(folder / LUT_FILE) if (folder / LUT_FILE).is_file() else []
+        return cls(header, rows, folder)
+
+    def save(self, folder: str | Path | None = None) -> Path:
+        """Write both files atomically (the LUT first, so a header never names missing rows)."""
+        folder = Path(folder or self.path)
+        write_lut(folder / LUT_FILE, self.rows)
+        write_yaml(folder / HEADER_FILE, self.header)
+        self.path = folder
+        return folder
+
+    # --- queries ---------------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        return str(self.header.get("backend", ""))
+
+    def lookup(self, op: str, phase: str, *, width: int | None = None, tokens: int = 1, context: int = 0,
+               batch: int = 1, stat: str = "median_ms") -> float:
+        """Milliseconds of one op: exact grid point, else linear inter-/extrapolation along tokens
+        (prefill) or context (decode) between the two nearest grid points. `width` is the MLP
+        width (ignored for attention and head); context is ignored where the op does not use it."""
+        if op not in OPS:
+            raise ProfileError(f"unknown op {op!r}; a profile has {', '.join(OPS)}")
+        w = int(width or 0) if op == "mlp" else 0
+        cand = [r for r in self.rows if r["op"] == op and r["phase"] == phase and int(r["width"]) == w
+                and int(r["batch"]) == batch]
+        if not cand:
+            have = sorted({int(r["width"]) for r in self.rows if r["op"] == op})
+            raise ProfileError(f"profile has no {op} {phase} rows for width={w} batch={batch} "
+                               f"(widths: {have}); profile with that width/batch in the grid")
+        axis = "tokens" if phase == "prefill" else "context"
+        if phase == "decode" and all(int(r["context"]) == 0 for r in cand):
+            axis, target = None, 0
+        else:
+            target = tokens if axis == "tokens" else context
+        if axis is None:
+            return float(cand[0][stat])
+        points = sorted((int(r[axis]), float(r[stat])) for r in cand)
+        xs = [p[0] for p in points]
+        i = bisect.bisect_left(xs, target)
+        if i < len(xs) and xs[i] == target:
+            return points[i][1]
+        if len(points) == 1:
+            return points[0][1]
+        i = min(max(i, 1), len(points) - 1)
+        (x0, y0), (x1, y1) = points[i - 1], points[i]
+        return max(0.0, y0 + (y1 - y0) * (target - x0) / (x1 - x0))
+
+    def sum_ops(self, mlp_widths: Iterable[int], phase: str, *, tokens: int = 1, context: int = 0,
+                batch: int = 1) -> float:
+        """Sum of operator times for a network with these per-layer MLP widths (a feature, not a
+        prediction: fusion and framework overhead make the real number differ)."""
+        widths = list(mlp_widths)
+        kw = {"tokens": tokens, "context": context, "batch": batch}
+        attn = self.lookup("attention", phase, **kw)
+        total = self.lookup("head", phase, **kw) + attn * len(widths)
+        return total + sum(self.lookup("mlp", phase, width=w, **kw) for w in widths)
+
+
+def read_lut(path: Path) -> list[dict[str, Any]]:
+    """Rows of a `lut.csv` with typed values (named columns; order does not matter)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = set(COLUMNS) - set(reader.fieldnames or [])
+        if missing:
+            raise ProfileError(f"{path}: missing columns {sorted(missing)}")
+        rows = []
+        for raw in reader:
+            row: dict[str, Any] = dict(raw)
+            for c in INT_COLUMNS:
+                row[c] = int(row[c])
+            for c in ("median_ms", "p90_ms", "cv", "cv_raw", "peak_mem_mb", "load"):
+                row[c] = float(row[c])
+            row["flagged"] = str(row["flagged"]).lower() in ("true", "1")
+            rows.append(row)
+    return rows
+
+
+def write_lut(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in sorted(rows, key=row_key):
+        w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+    write_text(path, buf.getvalue())
+
+
+def grid_for(config: Any, space: Any, *, prefill_tokens: list[int] | None = None,
+             decode_contexts: list[int] | None = None, batches: list[int] | None = None) -> OperatorGrid:
+    """The grid a model + space calls for: every MLP width of the space at the given token counts."""
+    grid = OperatorGrid(mlp_widths=sorted(set(space.mlp_widths)))
+    if prefill_tokens:
+        grid.prefill_tokens = sorted(prefill_tokens)
+    if decode_contexts:
+        grid.decode_contexts = sorted(decode_contexts)
+    if batches:
+        grid.batches = sorted(batches)
+    return grid
+
+
+def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: OperatorGrid | None = None,
+                config: dict[str, Any] | None = None, isolate: bool = True,
+                on_progress: Callable[[int, int, str], None] | None = None) -> DeviceProfile:
+    """Sweep the grid on one backend into `out` (resuming rows already there)."""
+    from hwnas_backends.base import backend_class
+    from hwnas_backends.graphs import GraphSpec
+    from hwnas_backends.worker import Task, run_isolated, run_tasks
+
+    from .errors import BackendError
+    from .fingerprint import fingerprint
+    from .model import load_config
+
+    out = Path(out)
+    cfg_model = load_config(model)
+    grid = grid or grid_for(cfg_model, space)
+    config = dict(config or {})
+    threads = int(config.setdefault("threads", 1))
+    cls = backend_class(backend)
+    ok, why = cls.available()
+    if not ok:
+        raise BackendError(f"backend {backend} is not available: {why}")
+    identity = {"backend": backend, "model": model, "grid": grid.to_dict(), "threads": threads}
+    if (out / HEADER_FILE).is_file():
+        prof = DeviceProfile.load(out)
+        old = {k: prof.header.get(k) for k in identity}
+        if old != identity:
+            diff = [k for k in identity if old[k] != identity[k]]
+            raise ProfileError(f"{out} holds a profile with different {', '.join(diff)}; "
+                               "give another --out (or delete that folder) to start a new one")
+    else:
+        fp = fingerprint(threads=threads)
+        header = {"version": PROFILE_VERSION, **identity, "space": space.name,
+                  "model_shape": {"hidden_size": cfg_model.hidden_size, "num_layers": cfg_model.num_hidden_layers,
+                                  "heads": cfg_model.num_attention_heads,
+                                  "kv_heads": cfg_model.num_key_value_heads, "vocab_size": cfg_model.vocab_size},
+                  "fingerprint": fp.to_dict(), "device_slug": fp.slug, "versions": cls.versions(),
+                  "backend_config": config, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "complete": False, "wall_s": 0.0}
+        prof = DeviceProfile(header, [], out)
+        prof.save(out)
+    done = {row_key(r) for r in prof.rows}
+    total = grid.size()
+    t_start = time.perf_counter()
+    for op, width, tasks in grid.jobs():
+        todo = [t for t in tasks if row_key({"op": op, "width": width, **t}) not in done]
+        if not todo:
+            continue
+        spec = GraphSpec(op, model, width=width or None, layer=grid.layer)
+        worker_tasks = [Task(t["phase"], int(t["tokens"]), int(t["context"]), int(t["batch"])) for t in todo]
+        run = run_isolated if isolate else run_tasks
+        res = run(backend, config, spec, worker_tasks)
+        for t, m in zip(todo, res.measurements):
+            row = {"op": op, "width": width, **t, **{k: v for k, v in m.to_dict().items() if k in VALUE_COLUMNS}}
+            prof.rows.append(row)
+            done.add(row_key(row))
+        prof.header["device"] = res.device
+        prof.header["wall_s"] = round(float(prof.header.get("wall_s", 0.0)) + time.perf_counter() - t_start, 1)
+        t_start = time.perf_counter()
+        prof.save(out)
+        if on_progress:
+            on_progress(len(done), total, f"{op}{'-' + str(width) if width else ''}")
+    prof.header["complete"] = len(done) >= total
+    prof.header["flagged_rows"] = sum(1 for r in prof.rows if r["flagged"])
+    prof.save(out)
+    return prof
