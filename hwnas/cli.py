@@ -21,6 +21,7 @@ COMMANDS = (
     "hwnas.commands.finetune",
     "hwnas.commands.search",
     "hwnas.commands.report",
+    "hwnas.commands.latency",
     "hwnas.commands.eval",
 )
 

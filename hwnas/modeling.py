@@ -180,6 +180,26 @@ def analytic_parameter_count(config: PretrainedConfig, mlp_widths: list[int]) ->
     return total
 
 
+class ParamCounter:
+    """Exact parameter counts of sub-networks of one base shape, vectorised over many of them
+    (depth and MLP widths are all that vary)."""
+
+    def __init__(self, config: PretrainedConfig, bytes_per_param: int = 4) -> None:
+        self.const = analytic_parameter_count(config, [])
+        self.per_layer = analytic_parameter_count(config, [0]) - self.const
+        self.per_channel = analytic_parameter_count(config, [1]) - self.const - self.per_layer
+        self.bytes_per_param = bytes_per_param
+
+    def params(self, keep, widths):  # noqa: ANN001, ANN201 - numpy (pop, layers) arrays
+        """Parameters per row of a keep mask and per-layer widths (widths of dropped layers ignored)."""
+        import numpy as np
+
+        return self.const + keep.sum(1) * self.per_layer + np.where(keep, widths, 0).sum(1) * self.per_channel
+
+    def of_widths(self, mlp_widths: list[int] | tuple[int, ...]) -> int:
+        return int(self.const + len(mlp_widths) * self.per_layer + sum(mlp_widths) * self.per_channel)
+
+
 def state_dict_bytes(model: nn.Module) -> int:
     """Bytes of the distinct parameter tensors (what a decode step must at least read)."""
     seen: set[int] = set()
@@ -193,6 +213,7 @@ def state_dict_bytes(model: nn.Module) -> int:
 
 __all__ = [
     "FAMILIES",
+    "ParamCounter",
     "Family",
     "analytic_parameter_count",
     "family_of",

@@ -289,22 +289,20 @@ def hypervolume(f: np.ndarray, ideal: np.ndarray, nadir: np.ndarray) -> float:
 
 
 class CostModel:
-    """Exact parameter count and fp32 size of sub-networks, vectorised over genomes."""
+    """Exact parameter count and fp32 size of sub-networks (vectorised over genomes)."""
 
-    def __init__(self, config, bytes_per_param: int = 4) -> None:  # noqa: ANN001
-        from .modeling import analytic_parameter_count
+    def __init__(self, config) -> None:  # noqa: ANN001
+        from .modeling import ParamCounter
 
-        self.const = analytic_parameter_count(config, [])
-        self.per_layer = analytic_parameter_count(config, [0]) - self.const
-        self.per_channel = analytic_parameter_count(config, [1]) - self.const - self.per_layer
-        self.bytes_per_param = bytes_per_param
+        self.counter = ParamCounter(config)
+        self.bytes_per_param = self.counter.bytes_per_param
 
     def params(self, keep: np.ndarray, widths: np.ndarray) -> np.ndarray:
-        return self.const + keep.sum(1) * self.per_layer + (np.where(keep, widths, 0)).sum(1) * self.per_channel
+        return self.counter.params(keep, widths)
 
     def of_subnet(self, s: Subnet) -> dict[str, float]:
-        p = self.const + s.depth * self.per_layer + sum(s.mlp_widths) * self.per_channel
-        return {"params": int(p), "size_mb": p * self.bytes_per_param / 1e6}
+        p = self.counter.of_widths(s.mlp_widths)
+        return {"params": p, "size_mb": p * self.bytes_per_param / 1e6}
 
 
 ProgressFn = Callable[[dict[str, Any]], None]

@@ -1,0 +1,90 @@
+"""`hwnas latency fit | predict | validate`: the LightGBM latency model of a device profile."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from . import add_space_argument, emit_json, info, progress_printer
+
+NAME = "latency"
+HELP = "fit / use / validate a LightGBM latency model on a device profile"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="latency_cmd", metavar="{fit,predict,validate}", required=True)
+    f = sub.add_parser("fit", help="measure sampled sub-networks (resumable) and fit the model")
+    f.add_argument("--profile", required=True, help="device profile folder (hwnas profile --out)")
+    f.add_argument("--model", default=None, help="model spec (default: the profile's model)")
+    add_space_argument(f)
+    f.add_argument("--samples", type=int, default=40, help="sub-networks measured for training")
+    f.add_argument("--prefill", type=int, default=128)
+    f.add_argument("--decode", type=int, default=32)
+    f.add_argument("--batch", type=int, default=1)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", required=True, help="latency model folder")
+    pr = sub.add_parser("predict", help="predict what `hwnas bench` would measure")
+    pr.add_argument("--latency-model", required=True)
+    pr.add_argument("--profile", default=None, help="the device profile, if it moved since fitting")
+    pr.add_argument("--subnet", required=True)
+    pr.add_argument("--prefill", type=int, default=128)
+    pr.add_argument("--decode", type=int, default=32)
+    pr.add_argument("--batch", type=int, default=1)
+    pr.add_argument("--json", action="store_true")
+    v = sub.add_parser("validate", help="measure fresh sub-networks and score the model and the plain LUT sum")
+    v.add_argument("--latency-model", required=True)
+    v.add_argument("--profile", default=None)
+    add_space_argument(v)
+    v.add_argument("--n", type=int, default=30)
+    v.add_argument("--seed", type=int, default=1000)
+    v.add_argument("--json", action="store_true")
+
+
+def _space(args: argparse.Namespace, model: str):  # noqa: ANN202
+    from ..model import load_config
+    from . import resolve_space
+
+    args.model = model
+    return resolve_space(args, load_config(model))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..latency import LatencyModel, fit, validate
+    from ..profile import DeviceProfile
+
+    if args.latency_cmd == "fit":
+        model = args.model or DeviceProfile.load(args.profile).header["model"]
+        space = _space(args, model)
+        t0 = time.perf_counter()
+        lm = fit(args.profile, model, space, args.out, samples=args.samples, prefill=args.prefill,
+                 decode=args.decode, batch=args.batch, seed=args.seed,
+                 progress=progress_printer("measuring sub-networks"))
+        modes = {t: v["mode"] for t, v in lm.header["targets"].items()}
+        info(f"wrote {args.out}: {lm.header['samples']} samples, targets {modes} ({time.perf_counter() - t0:.0f} s)")
+        return 0
+    lm = LatencyModel.load(args.latency_model, profile=args.profile)
+    if args.latency_cmd == "predict":
+        from ..model import config_mlp_widths, load_config
+        from ..subnet import Subnet
+
+        cfg = load_config(lm.header["model"])
+        s = Subnet.load(args.subnet, num_layers=cfg.num_hidden_layers, intermediate_size=config_mlp_widths(cfg))
+        pred = lm.predict_subnets([s], prefill=args.prefill, decode=args.decode, batch=args.batch)
+        out = {k: round(float(v[0]), 3) for k, v in pred.items()}
+        if args.json:
+            emit_json(out)
+        else:
+            print(", ".join(f"{k} {v}" for k, v in out.items()))
+        return 0
+    space = _space(args, lm.header["model"])
+    rep = validate(lm, space, n=args.n, seed=args.seed, progress=progress_printer("measuring held-out sub-networks"))
+    if args.json:
+        emit_json(rep)
+        return 0
+    print(f"{rep['n']} held-out sub-networks on {rep['backend']}:")
+    print(f"{'target':22} {'predictor':9} {'±5%':>6} {'±10%':>6} {'MAPE':>7} {'tau':>6}")
+    for t, stats in rep["per_target"].items():
+        for name, s in stats.items():
+            print(f"{t:22} {name:9} {s['within_5pct']:6.0%} {s['within_10pct']:6.0%} {s['mape']:7.2%} "
+                  f"{s['kendall_tau']:6.3f}")
+    return 0

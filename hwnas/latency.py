@@ -1,0 +1,384 @@
+"""LightGBM latency model: lookup-table features + measured whole sub-networks -> prefill ms,
+decode ms/token and peak memory on one device profile.
+
+Features of a sub-network (per phase): the device profile's operator-time sums (attention, MLP at
+each kept layer's width, head) at the phase's token count / context, roofline bounds from the
+profile's fingerprint (bytes / bandwidth, FLOPs / peak), depth, width statistics, batch, prefill
+length and decode context. One LightGBM regressor per target is trained on sub-networks measured
+with the `bench` path; it predicts either log(measured / lookup-table sum) ("ratio") or
+log(measured) ("raw") - whichever cross-validates better is kept and recorded.
+
+A fitted model is a folder (`docs/formats.md`): `latency_model.yaml` (features, targets, profile
+id, device, versions), one LightGBM text file per target, and the measured samples
+(`samples.jsonl`, `validation.jsonl`). It refuses a profile or device it was not fitted for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .errors import HwnasUserError
+from .fileio import write_text, write_yaml
+from .modeling import ParamCounter
+from .profile import HEADER_FILE, LUT_FILE, DeviceProfile
+from .space import SearchSpace
+from .subnet import Subnet
+
+MODEL_VERSION = 1
+HEADER = "latency_model.yaml"
+TARGETS = ("prefill_ms", "decode_ms_per_token", "peak_mem_mb")
+FEATURES = ("lut_sum", "lut_attn", "lut_mlp", "lut_head", "roof_bytes_ms", "roof_flops_ms", "weight_mb",
+            "kv_mb", "depth", "width_mean", "width_min", "width_max", "width_std", "batch", "tokens", "context")
+MODES = ("ratio", "raw")
+
+
+class LatencyModelError(HwnasUserError):
+    """A latency model is missing, malformed, or used with a profile/device it was not fitted for."""
+
+
+def profile_id(folder: str | Path) -> str:
+    """Identity of a device profile: hash of its lookup table and its header's identity fields."""
+    folder = Path(folder)
+    h = hashlib.sha256((folder / LUT_FILE).read_bytes())
+    header = yaml.safe_load((folder / HEADER_FILE).read_text()) or {}
+    for k in ("backend", "model", "threads", "device_slug"):
+        h.update(f"{k}={header.get(k)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Shape:
+    """What the features need to know about the base model."""
+
+    hidden: int
+    kv_heads: int
+    head_dim: int
+    num_layers: int
+    counter: ParamCounter
+
+    @classmethod
+    def of(cls, config) -> Shape:  # noqa: ANN001
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls(config.hidden_size, config.num_key_value_heads or config.num_attention_heads, head_dim,
+                   config.num_hidden_layers, ParamCounter(config))
+
+
+class FeatureBuilder:
+    """Vectorised features for many sub-networks at one (phase, tokens, context, batch)."""
+
+    def __init__(self, profile: DeviceProfile, shape: Shape, widths: Sequence[int]) -> None:
+        self.profile, self.shape = profile, shape
+        self.widths = np.asarray(sorted(set(widths)))
+        roof = (profile.header.get("fingerprint") or {}).get("roofline") or {}
+        self.bandwidth_gbs = float(roof.get("bandwidth_gbs") or 0) or None
+        self.peak_gflops = float(roof.get("peak_gflops") or 0) or None
+        self._cache: dict[tuple, tuple[float, float, np.ndarray]] = {}
+
+    def _lut(self, phase: str, tokens: int, context: int, batch: int) -> tuple[float, float, np.ndarray]:
+        key = (phase, tokens, context, batch)
+        if key not in self._cache:
+            kw = {"tokens": tokens, "context": context, "batch": batch}
+            attn = self.profile.lookup("attention", phase, **kw)
+            head = self.profile.lookup("head", phase, **kw)
+            mlp = np.asarray([self.profile.lookup("mlp", phase, width=int(w), **kw) for w in self.widths])
+            self._cache[key] = (attn, head, mlp)
+        return self._cache[key]
+
+    def build(self, keep: np.ndarray, widths: np.ndarray, phase: str, tokens: int, context: int,
+              batch: int) -> np.ndarray:
+        """(n, len(FEATURES)) for rows of a keep mask and per-layer widths."""
+        attn, head, mlp = self._lut(phase, tokens, context, batch)
+        idx = np.searchsorted(self.widths, widths)
+        if (idx >= len(self.widths)).any() or (self.widths[np.minimum(idx, len(self.widths) - 1)] != widths)[keep].any():
+            missing = sorted(set(widths[keep].tolist()) - set(self.widths.tolist()))
+            raise LatencyModelError(f"MLP widths {missing} are not in the device profile's grid")
+        depth = keep.sum(1).astype(float)
+        lut_mlp = np.where(keep, mlp[np.minimum(idx, len(mlp) - 1)], 0.0).sum(1)
+        lut_attn = depth * attn
+        lut_sum = lut_attn + lut_mlp + head
+        params = self.shape.counter.params(keep, widths).astype(float)
+        weight_bytes = params * 4.0
+        kv_ctx = tokens if phase == "prefill" else context
+        kv_bytes = 2.0 * depth * self.shape.kv_heads * self.shape.head_dim * kv_ctx * 4.0 * batch
+        n_tok = tokens * batch if phase == "prefill" else batch
+        flops = 2.0 * params * n_tok
+        roof_bytes = (weight_bytes + kv_bytes) / (self.bandwidth_gbs * 1e9) * 1e3 if self.bandwidth_gbs else np.zeros_like(params)
+        roof_flops = flops / (self.peak_gflops * 1e9) * 1e3 if self.peak_gflops else np.zeros_like(params)
+        kept_w = np.where(keep, widths, np.nan).astype(float)
+        feats = np.column_stack([
+            lut_sum, lut_attn, lut_mlp, np.full_like(params, head), roof_bytes, roof_flops, weight_bytes / 1e6,
+            kv_bytes / 1e6, depth, np.nanmean(kept_w, 1), np.nanmin(kept_w, 1), np.nanmax(kept_w, 1),
+            np.nanstd(kept_w, 1), np.full_like(params, batch), np.full_like(params, tokens),
+            np.full_like(params, context)])
+        return feats
+
+
+def subnet_arrays(subnets: Sequence[Subnet], num_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    keep = np.zeros((len(subnets), num_layers), dtype=bool)
+    widths = np.zeros((len(subnets), num_layers), dtype=np.int64)
+    for r, s in enumerate(subnets):
+        keep[r, list(s.layers)] = True
+        widths[r, list(s.layers)] = s.mlp_widths
+    return keep, widths
+
+
+def phase_settings(target: str, prefill: int, decode: int, batch: int) -> tuple[str, int, int, int]:
+    """(phase, tokens, context, batch) whose lookup-table entries describe a bench measurement."""
+    if target == "decode_ms_per_token":
+        return "decode", 1, prefill + decode // 2, batch  # decode steps run at contexts prefill..prefill+decode
+    return "prefill", prefill, 0, batch  # peak memory: prefill-time features (+ kv at that length)
+
+
+class LatencyModel:
+    """Fitted regressors for one device profile; `predict_*` are vectorised."""
+
+    def __init__(self, folder: Path, header: dict[str, Any], profile: DeviceProfile, shape: Shape) -> None:
+        import lightgbm as lgb
+
+        self.folder, self.header, self.profile = folder, header, profile
+        self.features = FeatureBuilder(profile, shape, header["widths"])
+        self.shape = shape
+        self.boosters = {t: lgb.Booster(model_file=str(folder / header["targets"][t]["file"]))
+                         for t in header["targets"]}
+
+    @property
+    def profile_id(self) -> str:
+        return self.header["profile_id"]
+
+    @property
+    def bandwidth_gbs(self) -> float | None:
+        return self.features.bandwidth_gbs
+
+    @classmethod
+    def load(cls, folder: str | Path, profile: str | Path | None = None) -> LatencyModel:
+        from .model import load_config
+
+        folder = Path(folder)
+        path = folder / HEADER
+        if not path.is_file():
+            raise LatencyModelError(f"{folder} is not a latency model (no {HEADER}); fit one with `hwnas latency fit`")
+        header = yaml.safe_load(path.read_text()) or {}
+        if header.get("version") != MODEL_VERSION:
+            raise LatencyModelError(f"{path}: version {header.get('version')!r}; this hwnas reads {MODEL_VERSION}")
+        prof_dir = Path(profile) if profile else Path(header["profile_path"])
+        if not (prof_dir / HEADER_FILE).is_file():
+            raise LatencyModelError(f"the device profile {prof_dir} of latency model {folder} is missing; "
+                                    "pass --profile with its location")
+        pid = profile_id(prof_dir)
+        if pid != header["profile_id"]:
+            raise LatencyModelError(
+                f"latency model {folder} was fitted on device profile {header['profile_id']} "
+                f"({header.get('device_slug')}, {header.get('backend')}), not on {prof_dir} ({pid}): "
+                "refit it for this profile")
+        prof = DeviceProfile.load(prof_dir)
+        shape = Shape.of(load_config(header["model"]))
+        return cls(folder, header, prof, shape)
+
+    def predict_arrays(self, keep: np.ndarray, widths: np.ndarray, *, prefill: int = 128, decode: int = 32,
+                       batch: int = 1) -> dict[str, np.ndarray]:
+        out = {}
+        for t, booster in self.boosters.items():
+            phase, tokens, context, b = phase_settings(t, prefill, decode, batch)
+            x = self.features.build(keep, widths, phase, tokens, context, b)
+            y = booster.predict(x, num_threads=1)
+            mode = self.header["targets"][t]["mode"]
+            out[t] = np.exp(y) * x[:, 0] if mode == "ratio" else np.exp(y)
+        return out
+
+    def predict_subnets(self, subnets: Sequence[Subnet], *, prefill: int = 128, decode: int = 32,
+                        batch: int = 1) -> dict[str, np.ndarray]:
+        keep, widths = subnet_arrays(subnets, self.shape.num_layers)
+        return self.predict_arrays(keep, widths, prefill=prefill, decode=decode, batch=batch)
+
+    def lut_sums(self, subnets: Sequence[Subnet], *, prefill: int = 128, decode: int = 32,
+                 batch: int = 1) -> dict[str, np.ndarray]:
+        """The plain lookup-table sums (the baseline the model improves on)."""
+        keep, widths = subnet_arrays(subnets, self.shape.num_layers)
+        out = {}
+        for t in ("prefill_ms", "decode_ms_per_token"):
+            phase, tokens, context, b = phase_settings(t, prefill, decode, batch)
+            out[t] = self.features.build(keep, widths, phase, tokens, context, b)[:, 0]
+        return out
+
+
+# --- measuring and fitting --------------------------------------------------------------------
+
+
+def check_same_device(profile: DeviceProfile) -> None:
+    """Measurements for a profile must come from the device it describes."""
+    from .fingerprint import fingerprint
+
+    here = fingerprint(roofline=False).slug
+    there = profile.header.get("device_slug")
+    if there and here != there:
+        raise LatencyModelError(f"the profile was recorded on '{there}' but this machine is '{here}': "
+                                "measure on that device, or profile this one with `hwnas profile`")
+
+
+def measure_samples(path: Path, subnets: Sequence[Subnet], profile: DeviceProfile, *, prefill: int, decode: int,
+                    batch: int, progress: Callable[[int, int], None] | None = None,
+                    isolate: bool = True) -> list[dict[str, Any]]:
+    """Bench each sub-network (one worker process each) unless `path` (JSONL) already has it."""
+    from .bench import bench_subnet
+
+    have = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            have[Subnet(tuple(rec["subnet"]["layers"]), tuple(rec["subnet"]["mlp_widths"])).key()] = rec
+    settings = {"prefill": prefill, "decode": decode, "batch": batch}
+    out = []
+    for i, s in enumerate(subnets):
+        rec = have.get(s.key())
+        if rec is None or rec.get("settings") != settings:
+            res = bench_subnet(profile.header["model"], s.to_dict(), profile.backend, prefill=prefill, decode=decode,
+                               batch=batch, threads=int(profile.header.get("threads", 1)),
+                               config=profile.header.get("backend_config") or None, isolate=isolate)
+            rec = {"subnet": s.to_dict(), "settings": settings, **{k: v for k, v in res.to_dict().items()
+                                                                    if k != "subnet"}}
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+        out.append(rec)
+        if progress:
+            progress(i + 1, len(subnets))
+    return out
+
+
+def sample_subnets(space: SearchSpace, n: int, seed: int, exclude: set[str] | None = None,
+                   extremes: bool = True) -> list[Subnet]:
+    """`n` distinct random sub-networks (plus the largest and smallest when `extremes`)."""
+    rng = random.Random(seed)
+    out: list[Subnet] = []
+    seen = set(exclude or ())
+    if extremes:
+        full = Subnet(tuple(range(space.num_layers)), (space.mlp_widths[-1],) * space.num_layers)
+        low = min(space.allowed_depths)
+        layers = tuple(range(low)) if space.mode == "prefix" else tuple(
+            sorted(set(range(space.num_layers)) - set(space.droppable_layers[: space.num_layers - low])))
+        for s in (full, Subnet(layers, (space.mlp_widths[0],) * len(layers))):
+            if s.key() not in seen:
+                seen.add(s.key())
+                out.append(s)
+    while len(out) < n:
+        d = space.sample(rng)
+        s = Subnet(tuple(d["layers"]), tuple(d["mlp_widths"]))
+        if s.key() not in seen:
+            seen.add(s.key())
+            out.append(s)
+    return out
+
+
+def _fit_booster(x: np.ndarray, y: np.ndarray, seed: int):  # noqa: ANN202
+    import lightgbm as lgb
+
+    n = len(y)
+    params = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 7,
+              "min_data_in_leaf": max(2, min(5, n // 8)), "min_data_in_bin": 1, "feature_fraction": 0.9,
+              "bagging_fraction": 0.9, "bagging_freq": 1, "lambda_l2": 1.0, "seed": seed,
+              "deterministic": True, "num_threads": 1, "verbose": -1, "linear_tree": True}
+    return lgb.train(params, lgb.Dataset(x, y, params={"verbose": -1}), num_boost_round=200)
+
+
+def _cv_mape(x: np.ndarray, y_ms: np.ndarray, mode: str, seed: int, folds: int = 5) -> float:
+    order = np.random.default_rng(seed).permutation(len(y_ms))
+    errs = []
+    for f in range(folds):
+        test = order[f::folds]
+        train = np.setdiff1d(order, test)
+        yt = np.log(y_ms[train] / x[train, 0]) if mode == "ratio" else np.log(y_ms[train])
+        pred = _fit_booster(x[train], yt, seed).predict(x[test])
+        pred = np.exp(pred) * x[test, 0] if mode == "ratio" else np.exp(pred)
+        errs += list(np.abs(pred - y_ms[test]) / y_ms[test])
+    return float(np.mean(errs))
+
+
+def fit(profile_dir: str | Path, model: str, space: SearchSpace, out: str | Path, *, samples: int = 40,
+        prefill: int = 128, decode: int = 32, batch: int = 1, seed: int = 0,
+        progress: Callable[[int, int], None] | None = None, isolate: bool = True) -> LatencyModel:
+    """Measure `samples` sub-networks (resumable) and fit one regressor per target."""
+    from . import __version__
+    from .model import load_config
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    profile_dir = Path(profile_dir)
+    prof = DeviceProfile.load(profile_dir)
+    if prof.header.get("model") != model:
+        raise LatencyModelError(f"profile {profile_dir} was made for model '{prof.header.get('model')}', not '{model}'")
+    check_same_device(prof)
+    shape = Shape.of(load_config(model))
+    subnets = sample_subnets(space, samples, seed)
+    recs = measure_samples(out / "samples.jsonl", subnets, prof, prefill=prefill, decode=decode, batch=batch,
+                           progress=progress, isolate=isolate)
+    fb = FeatureBuilder(prof, shape, space.mlp_widths)
+    keep, widths = subnet_arrays(subnets, shape.num_layers)
+    import lightgbm as lgb
+
+    targets = {}
+    for t in TARGETS:
+        phase, tokens, context, b = phase_settings(t, prefill, decode, batch)
+        x = fb.build(keep, widths, phase, tokens, context, b)
+        y = np.asarray([float(r[t]) for r in recs])
+        cv = {m: _cv_mape(x, y, m, seed) for m in MODES}
+        mode = min(cv, key=cv.get)
+        booster = _fit_booster(x, np.log(y / x[:, 0]) if mode == "ratio" else np.log(y), seed)
+        write_text(out / f"{t}.txt", booster.model_to_string())
+        targets[t] = {"file": f"{t}.txt", "mode": mode, "cv_mape": {m: round(v, 4) for m, v in cv.items()}}
+    header = {
+        "version": MODEL_VERSION, "model": model, "space": space.name, "widths": list(space.mlp_widths),
+        "profile_path": str(profile_dir.resolve()), "profile_id": profile_id(profile_dir),
+        "backend": prof.backend, "device_slug": prof.header.get("device_slug"),
+        "roofline": (prof.header.get("fingerprint") or {}).get("roofline"),
+        "features": list(FEATURES), "targets": targets, "samples": len(recs),
+        "bench": {"prefill": prefill, "decode": decode, "batch": batch, "threads": prof.header.get("threads", 1)},
+        "versions": {"hwnas": __version__, "lightgbm": lgb.__version__}, "seed": seed,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_yaml(out / HEADER, header)
+    return LatencyModel.load(out)
+
+
+def validate(lm: LatencyModel, space: SearchSpace, n: int = 30, seed: int = 1000,
+             progress: Callable[[int, int], None] | None = None, isolate: bool = True) -> dict[str, Any]:
+    """Measure `n` fresh sub-networks never trained on and score the model and the plain LUT sum."""
+    from scipy.stats import kendalltau
+
+    check_same_device(lm.profile)
+    trained = set()
+    samples = lm.folder / "samples.jsonl"
+    if samples.is_file():
+        for line in samples.read_text().splitlines():
+            rec = json.loads(line)
+            trained.add(Subnet(tuple(rec["subnet"]["layers"]), tuple(rec["subnet"]["mlp_widths"])).key())
+    subnets = sample_subnets(space, n, seed, exclude=trained, extremes=False)
+    b = lm.header["bench"]
+    recs = measure_samples(lm.folder / "validation.jsonl", subnets, lm.profile, prefill=b["prefill"],
+                           decode=b["decode"], batch=b["batch"], progress=progress, isolate=isolate)
+    pred = lm.predict_subnets(subnets, prefill=b["prefill"], decode=b["decode"], batch=b["batch"])
+    base = lm.lut_sums(subnets, prefill=b["prefill"], decode=b["decode"], batch=b["batch"])
+    report: dict[str, Any] = {"n": len(subnets), "backend": lm.header["backend"], "per_target": {}}
+    for t in TARGETS:
+        y = np.asarray([float(r[t]) for r in recs])
+        rows = {"lightgbm": pred[t]}
+        if t in base:
+            rows["lut_sum"] = base[t]
+        stats = {}
+        for name, p in rows.items():
+            err = np.abs(p - y) / y
+            stats[name] = {"within_5pct": float(np.mean(err <= 0.05)), "within_10pct": float(np.mean(err <= 0.10)),
+                           "mape": float(np.mean(err)), "kendall_tau": float(kendalltau(y, p).statistic)}
+        report["per_target"][t] = stats
+    return report

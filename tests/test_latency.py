@@ -1,0 +1,75 @@
+"""LightGBM latency model on a tiny model profiled with the torch backend."""
+
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from hwnas.latency import LatencyModel, LatencyModelError, check_same_device, fit, sample_subnets, validate
+from hwnas.profile import DeviceProfile, OperatorGrid, run_profile
+from hwnas.space import SearchSpace
+
+FAST = {"warmup": 1, "repeats": 3, "min_time_s": 0.0, "min_sample_ms": 0.5}
+SPACE = SearchSpace.default_for(num_layers=4, intermediate_size=256)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    from conftest import make_tiny
+
+    tmp_path = tmp_path_factory.mktemp("latency")
+    tiny = make_tiny("llama")
+    tiny_model_dir = tmp_path / "tiny-model"
+    tiny.model.save_pretrained(tiny_model_dir)
+    tiny.tokenizer.save_pretrained(tiny_model_dir)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HWNAS_GRAPH_CACHE", str(tmp_path / "graphs"))
+    grid = OperatorGrid(prefill_tokens=[4, 16], decode_contexts=[8, 32], mlp_widths=list(SPACE.mlp_widths))
+    prof_dir = tmp_path / "prof"
+    run_profile(str(tiny_model_dir), SPACE, "torch", prof_dir, grid=grid, config=FAST, isolate=False)
+    lm = fit(prof_dir, str(tiny_model_dir), SPACE, tmp_path / "lm", samples=12, prefill=16, decode=4,
+             isolate=False)
+    yield lm, prof_dir, tmp_path
+    mp.undo()
+
+
+def test_fit_writes_text_models_and_round_trips(fitted):
+    lm, prof_dir, tmp = fitted
+    files = sorted(p.name for p in (tmp / "lm").iterdir())
+    assert {"latency_model.yaml", "prefill_ms.txt", "decode_ms_per_token.txt", "peak_mem_mb.txt",
+            "samples.jsonl"} <= set(files)
+    assert not any(f.endswith((".pkl", ".pickle")) for f in files)
+    assert (tmp / "lm" / "prefill_ms.txt").read_text().startswith("tree")
+    subs = sample_subnets(SPACE, 20, seed=7)
+    a = lm.predict_subnets(subs, prefill=16, decode=4)
+    b = LatencyModel.load(tmp / "lm").predict_subnets(subs, prefill=16, decode=4)
+    for t in a:
+        assert np.array_equal(a[t], b[t]) and (a[t] > 0).all()
+    header = yaml.safe_load((tmp / "lm" / "latency_model.yaml").read_text())
+    assert set(header["targets"]) == {"prefill_ms", "decode_ms_per_token", "peak_mem_mb"}
+    assert all(t["mode"] in ("ratio", "raw") for t in header["targets"].values())
+
+
+def test_refuses_another_profile_or_device(fitted):
+    lm, prof_dir, tmp = fitted
+    other = tmp / "other"
+    shutil.rmtree(other, ignore_errors=True)
+    shutil.copytree(prof_dir, other)
+    prof = DeviceProfile.load(other)
+    prof.rows[0]["median_ms"] *= 2
+    prof.save()
+    with pytest.raises(LatencyModelError, match="not on"):
+        LatencyModel.load(tmp / "lm", profile=other)
+    prof.header["device_slug"] = "some-other-device-64c"
+    with pytest.raises(LatencyModelError, match="recorded on"):
+        check_same_device(prof)
+
+
+def test_validate_reports_both_model_and_lut_sum(fitted):
+    lm, _, _ = fitted
+    rep = validate(lm, SPACE, n=6, isolate=False)
+    assert rep["n"] == 6
+    for t in ("prefill_ms", "decode_ms_per_token"):
+        assert set(rep["per_target"][t]) == {"lightgbm", "lut_sum"}
+        assert 0 <= rep["per_target"][t]["lightgbm"]["within_10pct"] <= 1
