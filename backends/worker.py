@@ -73,6 +73,7 @@ def run_tasks(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: list
         be.prepare(module, io, workdir)
         del module  # runtimes hold their own copy; the timed peak RSS should not count torch's
         gc.collect()
+        _release_freed_memory()
         prepare_s = time.perf_counter() - t0
         out = []
         for t in tasks:
@@ -82,6 +83,20 @@ def run_tasks(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: list
         if close:
             close()
     return WorkerResult(out, be.device(), cls.versions(), prepare_s, mem.peak_mb)
+
+
+def _release_freed_memory() -> None:
+    """Give freed heap pages back to the OS (glibc keeps multi-MB weight buffers otherwise), so the
+    peak RSS measured next is the runtime's, not what conversion left behind."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
 
 
 def run_isolated(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: list[Task],

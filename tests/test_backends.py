@@ -173,7 +173,8 @@ def test_deepsparse_small(tiny_model_dir, tmp_path):
         if not os.environ.get("CI"):
             pytest.skip(why)
         ds.setup_venv(log=lambda m: None)
-    res = run_tasks("deepsparse", FAST, GraphSpec("model", str(tiny_model_dir)),
+    hetero = {"layers": [0, 1, 3], "mlp_widths": [64, 256, 128]}
+    res = run_tasks("deepsparse", FAST, GraphSpec("model", str(tiny_model_dir), subnet=hetero),
                     [Task("prefill", tokens=8), Task("decode", context=16, steps=2)])
     assert all(m.median_ms > 0 for m in res.measurements)
     assert res.versions["deepsparse"] == "1.8.0"
