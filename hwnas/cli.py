@@ -22,6 +22,9 @@ COMMANDS = (
     "hwnas.commands.search",
     "hwnas.commands.report",
     "hwnas.commands.latency",
+    "hwnas.commands.export",
+    "hwnas.commands.verify",
+    "hwnas.commands.run",
     "hwnas.commands.eval",
 )
 

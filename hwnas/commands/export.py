@@ -1,0 +1,66 @@
+"""`hwnas export`: a sub-network as a deployable, verified, measured artifact."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import add_model_argument, add_order_argument, emit_json, info, open_supernet_from_args
+
+NAME = "export"
+HELP = "export a sub-network (hf, onnx, onnx-int8, openvino, openvino-int8, openvino-int4, bnb-int8)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_argument(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--subnet", help="sub-network JSON file")
+    g.add_argument("--run", help="a search run folder (with --pick N: the evaluation with that index)")
+    p.add_argument("--pick", type=int, default=None, help="index of the run's evaluation to export")
+    p.add_argument("--format", required=True, help="artifact format (see `hwnas export --help`)")
+    p.add_argument("--out", required=True, help="artifact folder (replaced if it exists)")
+    add_order_argument(p)
+    p.add_argument("--group-size", type=int, default=64, help="openvino-int4 group size")
+    p.add_argument("--latency-model", default=None, help="put this latency model's prediction beside the measurement")
+    p.add_argument("--no-measure", action="store_true", help="skip the prefill/decode measurement")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="print the manifest")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import HwnasUserError
+    from ..export import FORMATS, ExportError, export
+    from ..model import config_mlp_widths, load_config
+    from ..subnet import Subnet
+
+    if args.format not in FORMATS:
+        raise ExportError(f"unknown format '{args.format}'; choose one of {', '.join(FORMATS)}")
+    cfg = load_config(args.model)
+    shape = {"num_layers": cfg.num_hidden_layers, "intermediate_size": config_mlp_widths(cfg)}
+    if args.subnet:
+        subnet = Subnet.load(args.subnet, **shape)
+    else:
+        if args.pick is None:
+            raise HwnasUserError("--run needs --pick N (the index of an evaluation; see hwnas report)")
+        from ..report import Run
+
+        recs = {r["index"]: r for r in Run.load(args.run).records}
+        if args.pick not in recs:
+            raise HwnasUserError(f"{args.run} has no evaluation with index {args.pick}")
+        subnet = Subnet.parse(recs[args.pick]["subnet"], source=f"{args.run}#{args.pick}", **shape)
+    sn = open_supernet_from_args(args)
+    m = export(sn, subnet, args.format, args.out, data_dir=args.data, options={"group_size": args.group_size},
+               measure=not args.no_measure, threads=args.threads, latency_model=args.latency_model,
+               progress=lambda msg: info(f"  {msg} ..."))
+    if args.json:
+        emit_json({k: v for k, v in m.items() if k != "verification"} | {
+            "verification": {k: v for k, v in m["verification"].items() if k != "reference"}})
+        return 0
+    v = m["verification"]
+    print(f"wrote {args.out} ({m['format']}, {m['size_mb']} MB): logits vs torch max|diff| {v['max_abs_diff']:.2e}, "
+          f"cosine {v['cosine']:.5f}, top-1 {v['top1_agreement']:.1%}, ppl {v['ppl_torch']:.2f} -> "
+          f"{v['ppl_artifact']:.2f}")
+    if m["measured"]:
+        ms = m["measured"]
+        print(f"  measured on {m['backend']}: prefill {ms['prefill_ms']} ms, decode {ms['decode_ms_per_token']} "
+              f"ms/token, peak {ms['peak_mem_mb']} MB; roofline decode bound {m['roofline']['decode_bound_ms']} ms")
+    return 0

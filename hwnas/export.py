@@ -1,0 +1,435 @@
+"""Deployable artifacts: a sub-network exported through the runtime that will run it, verified
+against torch on held-out text, re-measured, and described by `manifest.json`.
+
+Formats are a registry (`FORMATS`): each writes its runtime files into the artifact folder under
+the names its backend plugin reads (`graph.onnx` for ONNX Runtime, `openvino_stateful.xml/.bin`
+for OpenVINO, an HF folder for torch), so the same plugin measures it and runs it. Every artifact
+folder also holds `config.json` and the tokenizer. Verification feeds held-out tokens one at a
+time through the runtime's KV cache and compares every position's logits with the fp32 torch
+sub-network; the reference top-5 logits are kept in the manifest so `hwnas verify` can re-check an
+artifact later without the source model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import HwnasUserError
+from .fileio import sha256_file, write_json
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+class ExportError(HwnasUserError):
+    """A format cannot be produced here (missing runtime, wrong device, incompatible widths)."""
+
+
+@dataclass
+class ExportContext:
+    model: Any  # the fp32 torch sub-network
+    tokenizer: Any
+    out: Path
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    backend: str  # the plugin that measures and runs it
+    description: str
+    precision: str
+    write: Callable[[ExportContext], None]
+    requires: tuple[str, ...] = ()
+    check: Callable[[ExportContext], None] | None = None
+    backend_config: dict[str, Any] = field(default_factory=dict)
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register_format(name: str, backend: str, description: str, precision: str, requires: tuple[str, ...] = (),
+                    check: Callable[[ExportContext], None] | None = None,
+                    backend_config: dict[str, Any] | None = None):  # noqa: ANN201
+    def deco(fn: Callable[[ExportContext], None]) -> Callable[[ExportContext], None]:
+        FORMATS[name] = Format(name, backend, description, precision, fn, requires, check, backend_config or {})
+        return fn
+    return deco
+
+
+def _graph(model) -> tuple[Any, Any]:  # noqa: ANN001
+    from hwnas_backends.graphs import build_module
+
+    return build_module(model, "model")
+
+
+@register_format("hf", "torch", "HF safetensors folder (transformers loads it; fp32)", "fp32")
+def _write_hf(ctx: ExportContext) -> None:
+    ctx.model.save_pretrained(ctx.out)
+
+
+@register_format("onnx", "onnxruntime", "ONNX with past key values, one graph for prefill and decode (fp32)",
+                 "fp32", requires=("onnxruntime", "onnx", "onnxscript"))
+def _write_onnx(ctx: ExportContext) -> None:
+    from hwnas_backends.onnx_export import export_onnx
+
+    module, io = _graph(ctx.model)
+    export_onnx(module, io, ctx.out / "graph.onnx")
+
+
+@register_format("onnx-int8", "onnxruntime", "ONNX Runtime dynamic quantization (INT8 weights, "
+                 "activations quantized at run time)", "int8", requires=("onnxruntime", "onnx", "onnxscript"))
+def _write_onnx_int8(ctx: ExportContext) -> None:
+    from hwnas_backends.onnx_export import export_onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    module, io = _graph(ctx.model)
+    tmp = ctx.out / ".fp32.onnx"
+    export_onnx(module, io, tmp)
+    quantize_dynamic(str(tmp), str(ctx.out / "graph.onnx"), weight_type=QuantType.QInt8,
+                     per_channel=bool(ctx.options.get("per_channel", True)))
+    tmp.unlink()
+
+
+def _write_ov(ctx: ExportContext, compress: dict[str, Any] | None) -> None:
+    from hwnas_backends.onnx_export import convert_openvino, save_openvino
+
+    module, io = _graph(ctx.model)
+    ov_model = convert_openvino(module, io, stateful=True)
+    if compress is not None:
+        import nncf
+
+        ov_model = nncf.compress_weights(ov_model, **compress)
+    save_openvino(ov_model, ctx.out / "openvino_stateful.xml")
+
+
+@register_format("openvino", "openvino", "OpenVINO IR, stateful KV cache, fp32 weights", "fp32",
+                 requires=("openvino",))
+def _write_openvino(ctx: ExportContext) -> None:
+    _write_ov(ctx, None)
+
+
+@register_format("openvino-int8", "openvino", "OpenVINO IR + NNCF INT8 weight compression (asymmetric, "
+                 "per channel)", "int8-weights", requires=("openvino", "nncf"))
+def _write_openvino_int8(ctx: ExportContext) -> None:
+    import nncf
+
+    _write_ov(ctx, {"mode": nncf.CompressWeightsMode.INT8_ASYM})
+
+
+def _check_int4(ctx: ExportContext) -> None:
+    group = int(ctx.options.get("group_size", 64))
+    widths = [layer.mlp.down_proj.in_features for layer in ctx.model.model.layers]
+    bad = sorted({w for w in widths if w % group})
+    if bad or ctx.model.config.hidden_size % group:
+        raise ExportError(f"openvino-int4 group size {group} must divide every MLP width and the hidden size; "
+                          f"it does not divide {bad or [ctx.model.config.hidden_size]} (use --group-size)")
+
+
+@register_format("openvino-int4", "openvino", "OpenVINO IR + NNCF INT4 group-wise weight compression "
+                 "(symmetric; embeddings and head stay INT8)", "int4-weights", requires=("openvino", "nncf"),
+                 check=_check_int4)
+def _write_openvino_int4(ctx: ExportContext) -> None:
+    import nncf
+
+    _write_ov(ctx, {"mode": nncf.CompressWeightsMode.INT4_SYM, "group_size": int(ctx.options.get("group_size", 64)),
+                    "ratio": 1.0})
+
+
+def _check_cuda(ctx: ExportContext) -> None:
+    if not torch.cuda.is_available():
+        raise ExportError("bnb-int8 needs a CUDA GPU: bitsandbytes INT8 on CPU is correct but measured 1.6-16x "
+                          "slower than fp32 here, so hwnas refuses it; use onnx-int8 or openvino-int8 on CPU")
+
+
+@register_format("bnb-int8", "torch", "bitsandbytes LLM.int8() weights, CUDA only (HF folder + "
+                 "quantization_config)", "int8", requires=("bitsandbytes",), check=_check_cuda,
+                 backend_config={"device": "cuda"})
+def _write_bnb(ctx: ExportContext) -> None:
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    tmp = ctx.out / ".fp32"
+    ctx.model.save_pretrained(tmp)
+    q = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+                                             device_map="cuda")
+    q.save_pretrained(ctx.out)
+    shutil.rmtree(tmp)
+
+
+# --- running an artifact ----------------------------------------------------------------------
+
+
+def open_runtime(art: Path, manifest: dict[str, Any], threads: int = 1):  # noqa: ANN201
+    """The artifact's backend plugin, prepared from its files (ready for `step`)."""
+    from hwnas_backends.base import backend_class
+    from hwnas_backends.graphs import build_module
+
+    fmt = FORMATS[manifest["format"]]
+    cls = backend_class(fmt.backend)
+    be = cls(cls.CONFIG.from_dict({"threads": threads, **fmt.backend_config}))
+    module = None
+    if fmt.backend == "torch":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(art).eval()
+        module, io = build_module(model, "model")
+    else:
+        from hwnas_backends.graphs import graph_io
+
+        from .model import load_config
+
+        cfg = load_config(str(art))
+        io = graph_io(cfg, "model", cfg.num_hidden_layers)
+    be.prepare(module, io, art)
+    return be, io
+
+
+def _last_logits(be, vocab: int) -> np.ndarray:  # noqa: ANN001
+    out = be.outputs()
+    if hasattr(out, "detach"):
+        out = out.detach().float().cpu().numpy()
+    return np.asarray(out).reshape(-1)[-vocab:]
+
+
+def stream_logits(be, io, ids: np.ndarray, prompt: int = 1) -> np.ndarray:  # noqa: ANN001
+    """Logits at positions prompt-1 .. T-2 (predicting tokens prompt .. T-1): a prefill of `prompt`
+    tokens, then one token per step through the runtime's KV cache."""
+    be.load_past(io.make_past(1, 0))
+    out = []
+    be.step(torch.as_tensor(ids[None, :prompt]))
+    out.append(_last_logits(be, io.vocab_size))
+    for t in range(prompt, len(ids) - 1):
+        be.step(torch.as_tensor(ids[None, t : t + 1]))
+        out.append(_last_logits(be, io.vocab_size))
+    return np.stack(out).astype(np.float32)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def compare(ref: np.ndarray, got: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """Max |diff|, mean cosine, top-1 agreement and perplexity of both on the same targets."""
+    cos = (ref * got).sum(-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1))
+    nll_ref = -_log_softmax(ref.astype(np.float64))[np.arange(len(targets)), targets].mean()
+    nll_got = -_log_softmax(got.astype(np.float64))[np.arange(len(targets)), targets].mean()
+    return {"max_abs_diff": float(np.abs(ref - got).max()), "cosine": float(cos.mean()),
+            "top1_agreement": float((ref.argmax(-1) == got.argmax(-1)).mean()),
+            "ppl_torch": float(math.exp(nll_ref)), "ppl_artifact": float(math.exp(nll_got)),
+            "ppl_change": float(math.exp(nll_got - nll_ref) - 1.0), "positions": int(len(targets))}
+
+
+def heldout_tokens(tokenizer, n: int = 96, data_dir: str | Path | None = None) -> np.ndarray:  # noqa: ANN001
+    """Held-out text for verification: WikiText-2 test (its second half; the search uses the start),
+    or a fixed sentence when no data folder is available."""
+    from .errors import DataNotFoundError
+    from .evaluate.perplexity import load_text
+
+    try:
+        text = load_text(data_dir=data_dir)
+        text = text[len(text) // 2 : len(text) // 2 + 20 * n]
+    except DataNotFoundError:
+        text = ("The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest "
+                "structure in Paris. Its base is square, measuring 125 metres on each side. ") * 4
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:n]
+    return np.asarray(ids, dtype=np.int64)
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path | None = None,  # noqa: ANN001
+           options: dict[str, Any] | None = None, measure: bool = True, threads: int = 1,
+           latency_model: str | None = None, prefill: int = 128, decode: int = 32,
+           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Materialize `subnet` from the super-network `sn`, write format `fmt_name` into `out`,
+    verify it against torch, measure it on its backend, and write `manifest.json`."""
+    import importlib.util
+
+    from . import __version__
+    from .modeling import parameter_count
+
+    if fmt_name not in FORMATS:
+        raise ExportError(f"unknown format '{fmt_name}'; choose one of {', '.join(FORMATS)}")
+    fmt = FORMATS[fmt_name]
+    say = progress or (lambda _m: None)
+    out = Path(out)
+    model = sn.materialize(subnet)
+    ctx = ExportContext(model, sn.base.tokenizer, out.with_name(f".{out.name}.tmp"), dict(options or {}))
+    if fmt.check:  # device / shape requirements first: they say what to do instead
+        fmt.check(ctx)
+    missing = [m for m in fmt.requires if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(f"format {fmt_name} needs {', '.join(missing)}: pip install it (see the README extras)")
+    shutil.rmtree(ctx.out, ignore_errors=True)
+    ctx.out.mkdir(parents=True)
+    t0 = time.perf_counter()
+    say(f"writing {fmt_name}")
+    fmt.write(ctx)
+    if not (ctx.out / "config.json").is_file():
+        model.config.save_pretrained(ctx.out)
+    sn.base.tokenizer.save_pretrained(ctx.out)
+    export_s = time.perf_counter() - t0
+
+    say("verifying against torch")
+    ids = heldout_tokens(sn.base.tokenizer, data_dir=data_dir)
+    with torch.no_grad():
+        ref = model(input_ids=torch.as_tensor(ids[None])).logits[0, :-1].float().numpy()
+    be, io = open_runtime(ctx.out, {"format": fmt_name}, threads=threads)
+    got = stream_logits(be, io, ids)
+    verification = compare(ref, got, ids[1:])
+    top5 = np.argsort(-ref, axis=-1)[:, :5]
+    reference = {"tokens": ids.tolist(), "top5_index": top5.tolist(),
+                 "top5_logit": np.take_along_axis(ref, top5, -1).round(5).tolist()}
+    del be
+
+    measured = None
+    if measure:
+        say(f"measuring on {fmt.backend}")
+        measured = measure_artifact(ctx.out, fmt, prefill=prefill, decode=decode, threads=threads)
+    params = parameter_count(model)
+    weight_bytes = _runtime_weight_bytes(ctx.out)
+    from .fingerprint import measure_roofline
+
+    roof = measure_roofline(threads=threads)
+    bound_ms = weight_bytes / (roof["bandwidth_gbs"] * 1e9) * 1e3
+    predicted = None
+    if latency_model:
+        from .latency import LatencyModel
+
+        lm = LatencyModel.load(latency_model)
+        predicted = {k: round(float(v[0]), 3) for k, v in
+                     lm.predict_subnets([subnet], prefill=prefill, decode=decode).items()}
+    files = {p.relative_to(ctx.out).as_posix(): sha256_file(p) for p in sorted(ctx.out.rglob("*")) if p.is_file()}
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "format": fmt_name,
+        "description": fmt.description,
+        "precision": fmt.precision,
+        "backend": fmt.backend,
+        "source": {"model": sn.base.spec, "sha256": sn.base.source_hash,
+                   "channel_order": sn.order.method if sn.order else None},
+        "subnet": subnet.to_dict(),
+        "parameters": params,
+        "files": files,
+        "size_mb": round(sum((ctx.out / f).stat().st_size for f in files) / 1e6, 2),
+        "verification": {**verification, "reference": reference},
+        "measured": measured,
+        "predicted": predicted,
+        "roofline": {"bandwidth_gbs": roof["bandwidth_gbs"], "weight_bytes": weight_bytes,
+                     "decode_bound_ms": round(bound_ms, 3),
+                     "decode_fraction_of_bound": (round(bound_ms / measured["decode_ms_per_token"], 3)
+                                                  if measured else None)},
+        "versions": {"hwnas": __version__, **_versions(fmt)},
+        "export_seconds": round(export_s, 1),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(ctx.out / MANIFEST, manifest)
+    if out.exists():
+        shutil.rmtree(out)
+    ctx.out.rename(out)
+    return manifest
+
+
+def _runtime_weight_bytes(folder: Path) -> int:
+    """Bytes of the weight files a decode step streams (the .bin / .onnx / .safetensors)."""
+    return sum(p.stat().st_size for p in folder.iterdir()
+               if p.suffix in (".bin", ".onnx", ".safetensors") or p.name.endswith(".onnx.data"))
+
+
+def _versions(fmt: Format) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "transformers", *fmt.requires):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def measure_artifact(folder: Path, fmt: Format, *, prefill: int = 128, decode: int = 32,
+                     threads: int = 1) -> dict[str, Any]:
+    """Prefill / decode / peak memory of the artifact's own files on its backend."""
+    from hwnas_backends.graphs import GraphSpec
+    from hwnas_backends.worker import Task, run_tasks
+
+    spec = GraphSpec("model", str(folder))
+    tasks = [Task("prefill", tokens=prefill), Task("decode", context=prefill, steps=decode)]
+    res = run_tasks(fmt.backend, {"threads": threads, **fmt.backend_config}, spec, tasks, workdir=folder)
+    p, d = res.measurements
+    return {"prefill_ms": round(p.median_ms, 3), "decode_ms_per_token": round(d.median_ms, 3),
+            "peak_mem_mb": round(max(p.peak_mem_mb, d.peak_mem_mb, res.peak_mem_mb), 1),
+            "cv_prefill": round(p.cv, 4), "cv_decode": round(d.cv, 4), "repeats": min(p.repeats, d.repeats),
+            "prefill_tokens": prefill, "decode_tokens": decode, "threads": threads, "device": res.device,
+            "load": round(max(p.load, d.load), 3)}
+
+
+# --- verify and run ---------------------------------------------------------------------------
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise HwnasUserError(f"{folder} is not an hwnas artifact (no {MANIFEST})")
+    m = json.loads(path.read_text())
+    if m.get("version") != MANIFEST_VERSION:
+        raise HwnasUserError(f"{path}: manifest version {m.get('version')!r}; this hwnas reads {MANIFEST_VERSION}")
+    return m
+
+
+def verify(folder: str | Path, threads: int = 1) -> dict[str, Any]:
+    """Re-check every file's sha256 and the runtime's outputs against the stored reference."""
+    folder = Path(folder)
+    m = read_manifest(folder)
+    bad = [f for f, h in m["files"].items() if not (folder / f).is_file() or sha256_file(folder / f) != h]
+    extra = [p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST and p.name not in m["files"]]
+    report: dict[str, Any] = {"files_ok": not bad, "changed_or_missing": bad, "unexpected_files": extra}
+    if bad:
+        report["ok"] = False
+        return report
+    ref = m["verification"]["reference"]
+    ids = np.asarray(ref["tokens"], dtype=np.int64)
+    be, io = open_runtime(folder, m, threads=threads)
+    got = stream_logits(be, io, ids)
+    idx = np.asarray(ref["top5_index"])
+    got_top = np.take_along_axis(got, idx, -1)
+    agree = float((got.argmax(-1) == idx[:, 0]).mean())
+    diff = float(np.abs(got_top - np.asarray(ref["top5_logit"])).max())
+    recorded = m["verification"]["top1_agreement"]
+    report.update(top1_agreement_vs_reference=agree, max_abs_diff_top5=diff, recorded_top1_agreement=recorded)
+    report["ok"] = agree >= recorded - 0.02 and diff <= max(1e-3, 2 * m["verification"]["max_abs_diff"] + 1e-3)
+    return report
+
+
+def generate(folder: str | Path, prompt: str, max_new_tokens: int = 32, threads: int = 1) -> str:
+    """Greedy generation with the artifact's runtime (a first smoke test)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    m = read_manifest(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    be, io = open_runtime(folder, m, threads=threads)
+    be.load_past(io.make_past(1, 0))
+    be.step(torch.as_tensor([ids]))
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        nxt = int(_last_logits(be, io.vocab_size).argmax())
+        if nxt == tok.eos_token_id:
+            break
+        out.append(nxt)
+        be.step(torch.as_tensor([[nxt]]))
+    return tok.decode(out)
