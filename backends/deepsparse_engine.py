@@ -6,6 +6,7 @@ Request per line: {"op": "time", "onnx": path, "shapes": [[...], ...], "dtypes":
 Reply per line: {"ok": true, "samples_ms": [...], "compile_s": x} or {"ok": false, "error": "..."}.
 """
 
+import hashlib
 import json
 import shutil
 import sys
@@ -37,7 +38,8 @@ def main():
             if key not in engines:
                 # deepsparse rewrites the .onnx it is given together with input_shapes: use a copy
                 src = Path(req["onnx"])
-                copy = src.with_name(f"{src.stem}.{'_'.join('x'.join(map(str, s)) for s in shapes)}.onnx")
+                tag = hashlib.sha1(json.dumps(shapes).encode()).hexdigest()[:12]
+                copy = src.with_name(f"{src.stem}.{tag}.onnx")
                 shutil.copyfile(src, copy)
                 t0 = time.perf_counter()
                 try:

@@ -55,9 +55,15 @@ def main() -> int:
               f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
         return r
 
+    failed = []
     for backend in backends:
-        for name in SUBNETS:
-            results[(backend, name)] = run(backend, name)
+        try:
+            for name in SUBNETS:
+                results[(backend, name)] = run(backend, name)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other backends
+            print(f"  {backend}: FAILED: {str(exc).splitlines()[-1][:300]}", flush=True)
+            failed.append(backend)
+    backends = [b for b in backends if b not in failed]
     print("second run of sub-network A, each in a fresh process:", flush=True)
     again = {b: run(b, "A") for b in backends}
 
