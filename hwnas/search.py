@@ -321,7 +321,7 @@ class Search:
     """One search run: model in memory, evaluator prepared once, store on disk."""
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, *, supernet=None, evaluator=None,  # noqa: ANN001
-                 progress: ProgressFn | None = None) -> None:
+                 progress: ProgressFn | None = None, metrics_cache: dict[str, dict] | None = None) -> None:
         from .supernet import open_supernet
 
         self.cfg = cfg
@@ -349,6 +349,7 @@ class Search:
         self.evaluator = evaluator
         self.store = ResultsStore(self.run_dir / "evaluations.jsonl")
         self.progress = progress
+        self.metrics_cache = metrics_cache  # subnet key -> metrics; shared by runs that compare algorithms
         self.hv_history: list[tuple[int, float]] = []
         self._bounds: tuple[np.ndarray, np.ndarray] | None = None
         write_yaml(self.run_dir / "config.yaml", cfg.to_dict())
@@ -396,14 +397,20 @@ class Search:
         from . import __version__
 
         t0 = time.perf_counter()
-        model = self.sn.materialize(s, share_weights=True)
-        with torch.no_grad():
-            res = self.evaluator.evaluate(model)
-        metrics = {}
-        for name, tr in res.tasks.items():
-            d = tr.to_dict()
-            metrics[name] = {k: d[k] for k in ("acc", "acc_norm", "stderr", "ppl", "n", "tokens", "windows")
-                             if d.get(k) is not None}
+        cached = self.metrics_cache is not None and s.key() in self.metrics_cache
+        if cached:
+            metrics = self.metrics_cache[s.key()]
+        else:
+            model = self.sn.materialize(s, share_weights=True)
+            with torch.no_grad():
+                res = self.evaluator.evaluate(model)
+            metrics = {}
+            for name, tr in res.tasks.items():
+                d = tr.to_dict()
+                metrics[name] = {k: d[k] for k in ("acc", "acc_norm", "stderr", "ppl", "n", "tokens", "windows")
+                                 if d.get(k) is not None}
+            if self.metrics_cache is not None:
+                self.metrics_cache[s.key()] = metrics
         lat = {k: float(v[0]) for k, v in self._latency_of([s]).items()}
         rec = {
             "version": STORE_VERSION,
@@ -422,6 +429,7 @@ class Search:
             "versions": {"hwnas": __version__, "torch": torch.__version__, "transformers": _version("transformers")},
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "eval_seconds": round(time.perf_counter() - t0, 3),
+            "cached": cached,
         }
         self.store.append(rec)
         self._report(round_)
