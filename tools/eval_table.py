@@ -31,21 +31,23 @@ def main() -> None:
     t0 = time.perf_counter()
     ev = Evaluator(base.tokenizer, args.tasks, limit=args.limit, seed=args.seed, ppl_windows=args.ppl_windows)
     t_prep = time.perf_counter() - t0
-    res = ev.evaluate(base.model)
     print(f"SmolLM2-135M (Q4_1 GGUF dequantized, fp32), 0-shot, --limit {args.limit} --seed {args.seed}, "
-          f"{args.threads} thread(s); prepared in {t_prep:.1f} s, evaluated in {res.seconds:.1f} s\n")
+          f"{args.threads} thread(s); prepared in {t_prep:.1f} s\n")
     print("| task | n | acc ± stderr | acc_norm ± stderr | objective metric | other | seconds |")
-    print("|---|---|---|---|---|---|---|")
-    for name, tr in res.tasks.items():
+    print("|---|---|---|---|---|---|---|", flush=True)
+    total = 0.0
+    for name in ev.tasks:  # one task at a time so each row appears as soon as it is done
+        tr = ev.evaluate(base.model, tasks=[name]).tasks[name]
+        total += tr.seconds
         if tr.window is not None:
             print(f"| {name} | {tr.n} windows | | | ppl | ppl {tr.ppl:.2f} ({tr.tokens} tokens, window "
-                  f"{tr.window}, stride {tr.stride}) | {tr.seconds:.1f} |")
+                  f"{tr.window}, stride {tr.stride}) | {tr.seconds:.1f} |", flush=True)
             continue
         norm = f"{tr.acc_norm:.3f} ± {tr.stderr_norm:.3f}" if tr.acc_norm is not None else "—"
         other = f"ppl {tr.ppl:.2f}" if tr.ppl is not None else ""
         print(f"| {name} | {tr.n} | {tr.acc:.3f} ± {tr.stderr:.3f} | {norm} | {tr.metric} | {other} | "
-              f"{tr.seconds:.1f} |")
-
+              f"{tr.seconds:.1f} |", flush=True)
+    print(f"\nevaluated in {total:.1f} s (wall, shared core)")
 
 if __name__ == "__main__":
     main()

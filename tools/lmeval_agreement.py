@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -202,6 +203,9 @@ def main() -> None:
         print(f"{name:16} {tr.n:>4} {lm_acc:>11.3f} {tr.acc:>9.3f} {lm_norm:>12.3f} "
               f"{(tr.acc_norm if tr.acc_norm is not None else float('nan')):>10.3f} {same:>5}/{tr.n:<3} "
               f"{same_n:>5}/{tr.n:<3} {same_ctx:>7}/{tr.n:<3} {max_d:>9.1e}")
+        if name == "lambada_openai":
+            lm_ppl = math.exp(-sum(float(lm[i.index]["resps"][0][0][0]) for i in tr.items) / len(tr.items))
+            print(f"{'':16} perplexity of the last word: lm-eval {lm_ppl:.4f}, hwnas {tr.ppl:.4f}")
         for idx, a, b in diffs:
             print(f"   differs: row {idx}: lm-eval lls {[round(x, 4) for x in a]} hwnas {[round(x, 4) for x in b]}")
 
