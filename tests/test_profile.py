@@ -37,7 +37,7 @@ def test_profile_writes_resumes_and_looks_up(tiny_model_dir, tmp_path):
     space = SearchSpace.default_for(num_layers=4, intermediate_size=256)
     out = tmp_path / "prof"
     prof = run_profile(str(tiny_model_dir), space, "torch", out, grid=_grid(), config=FAST, isolate=False)
-    assert prof.header["complete"] and len(prof.rows) == _grid().size() == 14
+    assert prof.header["complete"] and len(prof.rows) == _grid().size() == 13  # attention 2+2, mlp 2x(2+1), head 2+1
     header = yaml.safe_load((out / "profile.yaml").read_text())
     assert header["version"] == 1 and header["backend"] == "torch" and header["fingerprint"]["cpu_model"]
     assert header["versions"]["torch"] and header["grid"]["mlp_widths"] == [64, 256]
@@ -62,7 +62,7 @@ def test_profile_writes_resumes_and_looks_up(tiny_model_dir, tmp_path):
     kept = [r for r in p.rows if r["op"] != "mlp" or r["width"] != 256]
     DeviceProfile(p.header, kept, out).save()
     again = run_profile(str(tiny_model_dir), space, "torch", out, grid=_grid(), config=FAST, isolate=False)
-    assert len(again.rows) == 14
+    assert len(again.rows) == 13
     same = {(r["op"], r["width"], r["phase"], r["tokens"], r["context"]): r["median_ms"] for r in again.rows}
     assert all(same[(r["op"], r["width"], r["phase"], r["tokens"], r["context"])] == r["median_ms"] for r in kept)
 
