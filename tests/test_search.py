@@ -121,3 +121,22 @@ def test_report_writes_plots_table_and_picks(tiny_llama, tmp_path, text_task):
         pick(run, ["params<=0.01*base"], metric)
     with pytest.raises(HwnasUserError, match="cannot read"):
         pick(run, ["params<=__import__('os')"], metric)
+
+
+@pytest.mark.slow
+def test_demo_pipeline_end_to_end_on_a_tiny_model(tmp_path, monkeypatch, capsys):
+    """The README's demo command, on a tiny model (minutes: every stage exports real graphs)."""
+    from conftest import make_tiny
+
+    from hwnas.cli import main
+
+    monkeypatch.setenv("HWNAS_GRAPH_CACHE", str(tmp_path / "graphs"))
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
+    tiny = make_tiny("llama", layers=6, inter=512)
+    tiny.model.save_pretrained(tmp_path / "tiny")
+    tiny.tokenizer.save_pretrained(tmp_path / "tiny")
+    assert main(["demo", "--model", str(tmp_path / "tiny"), "--out", str(tmp_path / "demo"),
+                 "--latency-samples", "6", "--evaluations", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen onnx-int8" in out and "chosen openvino-int8" in out
+    assert (tmp_path / "demo" / "artifacts" / "onnx-int8" / "manifest.json").is_file()

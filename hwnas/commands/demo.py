@@ -1,89 +1,160 @@
-"""`hwnas demo`: the end-to-end job on the embedded default model, offline.
-
-Today it covers the foundation: load SmolLM2-135M, show the space, materialize and save a
-sub-network, load it back with plain transformers, and compare WikiText-2 perplexity with the base.
+"""`hwnas demo`: the whole pipeline end to end on the embedded default model, offline, at a small
+budget: profile this machine on ONNX Runtime (reduced grid), fit the latency model, run a short
+LINAS search (WikiText-2 perplexity x predicted decode latency), pick a sub-network, export it as
+onnx-int8 and openvino-int8, verify, measure, and write the report. Every stage writes into --out
+and is reused when the demo is run again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
-from . import add_model_argument, add_order_argument, info, open_supernet_from_args
+from . import add_model_argument, info, progress_printer
 
 NAME = "demo"
-HELP = "run the end-to-end pipeline on the embedded default model (offline)"
-
-
-
-def demo_subnet(num_layers: int, width: int, layer_scores: list[float] | None) -> dict[str, list[int]]:
-    """A heterogeneous example: the two least influential layers dropped, the ends kept wide, the
-    middle narrowed to 5/6. (The search chooses real candidates; this shows the mechanics.)"""
-    scores = layer_scores or [float(i in (num_layers // 2, num_layers // 2 + 1)) * -1 for i in range(num_layers)]
-    dropped = sorted(range(num_layers), key=lambda i: scores[i])[:2]
-    layers = [i for i in range(num_layers) if i not in dropped]
-    narrow = width * 5 // 6 // 64 * 64
-    widths = [width if (i < 4 or i >= num_layers - 4) else narrow for i in layers]
-    return {"layers": layers, "mlp_widths": widths}
+HELP = "run the end-to-end pipeline on the embedded default model (offline, ~15-20 min on 2 cores)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     p.add_argument("--out", default="hwnas-demo", help="folder for everything the demo writes")
-    add_order_argument(p)
-    p.add_argument("--ppl-windows", type=int, default=4, help="WikiText-2 windows of 1024 tokens")
+    p.add_argument("--data", default=None, help="data folder (default: $HWNAS_DATA or ../shared/data)")
+    p.add_argument("--channel-order", default="contrib", help=argparse.SUPPRESS)
+    p.add_argument("--backend", default="onnxruntime", help="backend to profile and fit on")
+    p.add_argument("--latency-samples", type=int, default=12, help="sub-networks measured to fit the latency model")
+    p.add_argument("--evaluations", type=int, default=40, help="real evaluations in the search")
+    p.add_argument("--formats", default="onnx-int8,openvino-int8", help="artifact formats to export")
+    p.add_argument("--threads", type=int, default=1)
+
+
+def _stage(n: int, total: int, what: str) -> float:
+    info(f"[{n}/{total}] {what}")
+    return time.perf_counter()
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from ..errors import DataNotFoundError
-    from ..evaluate.perplexity import load_text, perplexity, tokenize_text
-    from ..modeling import analytic_parameter_count, parameter_count
+    from ..bench import bench_subnet
+    from ..errors import HwnasUserError
+    from ..evaluate import Evaluator
+    from ..export import export
+    from ..latency import LatencyModel, fit
+    from ..profile import OperatorGrid, grid_for, run_profile
+    from ..report import Run, pick, write_report
+    from ..search import LinasConfig, Objective, RunConfig, Search
+    from ..supernet import open_supernet
 
     t_start = time.perf_counter()
     out = Path(args.out)
-    info(f"[1/4] loading {args.model} and its channel importance order ...")
-    sn = open_supernet_from_args(args)
-    base = sn.base
-    info(f"      {base.family.model_type}, {base.config.num_hidden_layers} layers, "
-         f"{base.num_parameters:,} parameters")
+    out.mkdir(parents=True, exist_ok=True)
+    total = 7
+    timings: dict[str, float] = {}
+
+    t = _stage(1, total, f"loading {args.model} with its channel-importance order")
+    sn = open_supernet(args.model, channel_order=args.channel_order, data_dir=args.data,
+                       progress=progress_printer("scoring channel importance (first run only)"))
     space = sn.default_space()
     size = space.summary()["size"]
-    print(f"space {space.name}: depths {size['allowed_depths']}, MLP widths {list(space.mlp_widths)}; "
-          f"{size['distinct_subnets_sci']} distinct sub-networks ({size['encoding_size_sci']} encodings)")
+    info(f"      {sn.num_layers} layers, {sn.base.num_parameters:,} parameters; space {space.name}: "
+         f"{size['distinct_subnets_sci']} sub-networks")
+    timings["load"] = time.perf_counter() - t
 
-    info("[2/4] materializing a sub-network ...")
-    example = demo_subnet(sn.num_layers, sn.intermediate_size, sn.order.layer_scores if sn.order else None)
-    subnet = sn.parse_subnet(example, space=space, source="demo sub-network")
-    t0 = time.perf_counter()
-    model = sn.materialize(subnet)
-    t_mat = time.perf_counter() - t0
-    n_params = parameter_count(model)
-    assert n_params == analytic_parameter_count(model.config, list(subnet.mlp_widths))
-    folder = sn.save_subnet(subnet, out / "subnet", model=model)
-    print(f"sub-network: {subnet.depth} layers, {n_params:,} parameters "
-          f"({n_params / base.num_parameters:.1%} of the base), materialized in {t_mat:.2f} s, "
-          f"saved to {folder}")
+    t = _stage(2, total, f"profiling this machine on {args.backend} (reduced grid)")
+    grid = grid_for(sn.model.config, space, prefill_tokens=[32, 128], decode_contexts=[128, 256])
+    assert isinstance(grid, OperatorGrid)
+    prof_dir = out / "profile"
+    run_profile(args.model, space, args.backend, prof_dir, grid=grid, config={"threads": args.threads},
+                on_progress=lambda d, n, what: info(f"      {d}/{n} rows ({what})"))
+    timings["profile"] = time.perf_counter() - t
 
-    info("[3/4] loading it back with transformers.AutoModelForCausalLM ...")
-    reloaded = AutoModelForCausalLM.from_pretrained(folder)
-    probe = torch.randint(0, base.config.vocab_size, (1, 16))
-    with torch.no_grad():
-        diff = (reloaded(probe).logits - model(probe).logits).abs().max().item()
-    print(f"reloaded as {type(reloaded).__name__}: max |logit diff| vs in-memory = {diff:.2e}")
-
-    info("[4/4] WikiText-2 perplexity ...")
-    try:
-        ids = tokenize_text(base.tokenizer, load_text(data_dir=args.data))
-    except DataNotFoundError as exc:
-        info(f"      skipped: {exc}")
+    t = _stage(3, total, f"fitting the latency model ({args.latency_samples} measured sub-networks)")
+    lm_dir = out / "latency"
+    if (lm_dir / "latency_model.yaml").is_file():
+        lm = LatencyModel.load(lm_dir)
     else:
-        r_base = perplexity(base.model, ids, max_windows=args.ppl_windows)
-        r_sub = perplexity(model, ids, max_windows=args.ppl_windows)
-        print(f"WikiText-2 perplexity ({r_base.windows} x {r_base.window} tokens): base {r_base.ppl:.2f}, "
-              f"sub-network {r_sub.ppl:.2f} ({r_sub.ppl / r_base.ppl:.2f}x; channel order: {args.channel_order})")
-    print(f"demo done in {time.perf_counter() - t_start:.1f} s; outputs in {out}/")
+        lm = fit(prof_dir, args.model, space, lm_dir, samples=args.latency_samples,
+                 progress=progress_printer("measuring sub-networks"))
+    timings["latency"] = time.perf_counter() - t
+
+    t = _stage(4, total, f"LINAS search ({args.evaluations} real evaluations: WikiText-2 ppl x decode ms)")
+    initial = max(6, args.evaluations // 2)
+    per_round = max(2, (args.evaluations - initial) // 2)
+    cfg = RunConfig(model=args.model, channel_order=args.channel_order,
+                    objectives=[Objective("wikitext2.ppl"), Objective("decode_ms_per_token")],
+                    tasks=["wikitext2"], ppl_windows=2, ppl_window=512, latency_model=str(lm_dir),
+                    linas=LinasConfig(initial=initial, rounds=2, per_round=per_round, inner_evaluations=5000,
+                                      population=50), data=args.data, run_id="demo")
+    evaluator = Evaluator(sn.base.tokenizer, cfg.tasks, seed=0, data_dir=args.data, ppl_windows=2, ppl_window=512)
+    search = Search(cfg, out / "run", supernet=sn, evaluator=evaluator,
+                    progress=lambda s: info(f"      round {s['round']}: {s['evaluations']}/{s['budget']} evaluations, "
+                                            f"hypervolume {s['hypervolume']:.3f}"))
+    search.run()
+    timings["search"] = time.perf_counter() - t
+
+    t = _stage(5, total, "picking: decode <= 0.8x base at <= 1.5x base perplexity")
+    run_ = Run.load(out / "run")
+    rules = ["decode_ms_per_token<=0.8*base", "wikitext2.ppl<=1.5*base"]
+    try:
+        rec = pick(run_, rules, "decode_ms_per_token")
+    except HwnasUserError:
+        rules = ["wikitext2.ppl<=2*base"]
+        rec = pick(run_, rules, "decode_ms_per_token")
+        info("      nothing met the first rule; relaxed to perplexity <= 2x base")
+    chosen = sn.parse_subnet(rec["subnet"])
+    (out / "chosen_subnet.json").write_text(json.dumps(chosen.to_dict()) + "\n")
+    report_files = write_report(out / "run")
+    timings["pick+report"] = time.perf_counter() - t
+
+    t = _stage(6, total, "measuring base and chosen (fp32) and their accuracy")
+    acc_eval = Evaluator(sn.base.tokenizer, ["wikitext2", "arc_easy"], limit=100, seed=0, data_dir=args.data,
+                         ppl_windows=4, ppl_window=1024)
+    rows = {}
+    for name, s in (("base", sn.full_subnet()), ("chosen", chosen)):
+        acc = acc_eval.evaluate(sn.model if name == "base" else sn.materialize(s, share_weights=True))
+        b = bench_subnet(args.model, s.to_dict(), args.backend, threads=args.threads)
+        pred = {k: float(v[0]) for k, v in lm.predict_subnets([s]).items()}
+        rows[name] = {"ppl": acc.tasks["wikitext2"].ppl, "arc_easy": acc.tasks["arc_easy"].acc_norm,
+                      "prefill_ms": b.prefill_ms, "decode_ms": b.decode_ms_per_token, "peak_mb": b.peak_mem_mb,
+                      "pred_prefill_ms": pred["prefill_ms"], "pred_decode_ms": pred["decode_ms_per_token"],
+                      "params": search.costs.of_subnet(s)["params"], "format": f"{args.backend} fp32"}
+    timings["measure"] = time.perf_counter() - t
+
+    t = _stage(7, total, f"exporting the chosen sub-network: {args.formats}")
+    for fmt in args.formats.split(","):
+        m = export(sn, chosen, fmt, out / "artifacts" / fmt, data_dir=args.data, threads=args.threads,
+                   latency_model=str(lm_dir) if fmt.startswith("onnx") and args.backend == "onnxruntime" else None,
+                   progress=lambda msg: info(f"      {msg} ..."))
+        v, ms = m["verification"], m["measured"]
+        rows[f"chosen {fmt}"] = {"ppl": None, "arc_easy": None, "prefill_ms": ms["prefill_ms"],
+                                 "decode_ms": ms["decode_ms_per_token"], "peak_mb": ms["peak_mem_mb"],
+                                 "size_mb": m["size_mb"], "format": fmt, "top1": v["top1_agreement"],
+                                 "ppl_change": v["ppl_change"], "bound": m["roofline"]["decode_fraction_of_bound"]}
+    timings["export"] = time.perf_counter() - t
+
+    print(f"\nhwnas demo: {args.model} on this machine ({args.backend}, {args.threads} thread(s))\n")
+    print(f"{'':22} {'WikiText-2 ppl':>14} {'ARC-e acc_n':>11} {'prefill ms':>10} {'decode ms/tok':>13} "
+          f"{'peak MB':>8} {'params M':>8}   predicted prefill / decode")
+    for name in ("base", "chosen"):
+        r = rows[name]
+        print(f"{name + ' (' + r['format'] + ')':22} {r['ppl']:>14.2f} {r['arc_easy']:>11.3f} {r['prefill_ms']:>10.1f} "
+              f"{r['decode_ms']:>13.2f} {r['peak_mb']:>8.0f} {r['params'] / 1e6:>8.1f}   "
+              f"{r['pred_prefill_ms']:.1f} / {r['pred_decode_ms']:.2f}")
+    for name, r in rows.items():
+        if name.startswith("chosen "):
+            print(f"{name:22} {'':>14} {'':>11} {r['prefill_ms']:>10.1f} {r['decode_ms']:>13.2f} {r['peak_mb']:>8.0f} "
+                  f"{'':>8}   top-1 vs torch {r['top1']:.1%}, ppl {r['ppl_change']:+.1%}, {r['size_mb']} MB, "
+                  f"{r['bound']:.0%} of the decode roofline bound")
+    base_dec = rows["base"]["decode_ms"]
+    best = min((r for n, r in rows.items() if n.startswith("chosen ")), key=lambda r: r["decode_ms"])
+    print(f"\nchosen sub-network ({rules}): {chosen.depth} layers; best artifact {best['format']} decodes "
+          f"{base_dec / best['decode_ms']:.2f}x faster than the {args.backend} fp32 base")
+    print("\nwhere everything is:")
+    for what, path in (("device profile", prof_dir), ("latency model", lm_dir), ("search run", out / "run"),
+                       ("report", report_files[-1].parent), ("chosen sub-network", out / "chosen_subnet.json"),
+                       ("artifacts", out / "artifacts")):
+        print(f"  {what:20} {path}")
+    print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+          + f"; total {time.perf_counter() - t_start:.0f} s")
     return 0
