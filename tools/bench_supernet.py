@@ -27,6 +27,10 @@ from hwnas.supernet import open_supernet
 TASKS = ("wikitext2", "arc_easy", "winogrande", "piqa")
 
 
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def table_subnets(layer_scores: list[float] | None) -> dict[str, dict]:
     n = 30
     ordered_drop = sorted(range(n), key=lambda i: layer_scores[i])[:6] if layer_scores else None
@@ -52,7 +56,7 @@ def evaluate_all(sn, evaluator: Evaluator, label: str, rows: list) -> None:  # n
         vals = {t: res.tasks[t] for t in TASKS}
         rows.append((name, label, vals, time.perf_counter() - t0, spec))
         print(f"{name:28} {label:18} ppl {vals['wikitext2'].ppl:8.2f} | "
-              + " | ".join(f"{t} {vals[t].acc:.3f}/{vals[t].acc_norm:.3f}±{vals[t].stderr:.3f}" for t in TASKS[1:])
+              + " | ".join(f"{t} {_f(vals[t].acc)}/{_f(vals[t].acc_norm)}±{_f(vals[t].stderr)}" for t in TASKS[1:])
               + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
