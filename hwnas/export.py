@@ -53,6 +53,7 @@ class Format:
     requires: tuple[str, ...] = ()
     check: Callable[[ExportContext], None] | None = None
     backend_config: dict[str, Any] = field(default_factory=dict)
+    runner: str | None = None  # the plugin that runs it for verify/run when `backend` only times (deepsparse)
 
 
 FORMATS: dict[str, Format] = {}
@@ -60,9 +61,10 @@ FORMATS: dict[str, Format] = {}
 
 def register_format(name: str, backend: str, description: str, precision: str, requires: tuple[str, ...] = (),
                     check: Callable[[ExportContext], None] | None = None,
-                    backend_config: dict[str, Any] | None = None):  # noqa: ANN201
+                    backend_config: dict[str, Any] | None = None, runner: str | None = None):  # noqa: ANN201
     def deco(fn: Callable[[ExportContext], None]) -> Callable[[ExportContext], None]:
-        FORMATS[name] = Format(name, backend, description, precision, fn, requires, check, backend_config or {})
+        FORMATS[name] = Format(name, backend, description, precision, fn, requires, check, backend_config or {},
+                               runner)
         return fn
     return deco
 
@@ -166,30 +168,82 @@ def _write_bnb(ctx: ExportContext) -> None:
     shutil.rmtree(tmp)
 
 
+@torch.no_grad()
+def magnitude_prune(model, sparsity: float) -> dict[str, float]:  # noqa: ANN001
+    """Zero the smallest-|w| fraction of every attention and MLP linear, per matrix (unstructured).
+    Embeddings, norms and the LM head stay dense. Returns the achieved sparsity per kind."""
+    zeros = {"attention": 0, "mlp": 0}
+    total = {"attention": 0, "mlp": 0}
+    for layer in model.model.layers:
+        for kind, block in (("attention", layer.self_attn), ("mlp", layer.mlp)):
+            for lin in block.modules():
+                if not isinstance(lin, torch.nn.Linear):
+                    continue
+                w = lin.weight
+                k = int(sparsity * w.numel())
+                if k:
+                    cut = w.abs().flatten().kthvalue(k).values
+                    w.masked_fill_(w.abs() <= cut, 0.0)
+                zeros[kind] += int((w == 0).sum())
+                total[kind] += w.numel()
+    return {k: zeros[k] / total[k] for k in zeros}
+
+
+def _check_deepsparse(ctx: ExportContext) -> None:
+    from hwnas_backends.deepsparse_backend import DeepSparseBackend
+
+    ok, why = DeepSparseBackend.available()
+    if not ok:
+        raise ExportError(f"deepsparse format: {why}")
+    s = float(ctx.options.get("sparsity", 0.7))
+    if not 0.0 <= s < 1.0:
+        raise ExportError(f"--sparsity must be in [0, 1), got {s}")
+
+
+@register_format("deepsparse", "deepsparse", "magnitude-pruned (unstructured) attention and MLP linears, ONNX "
+                 "compiled by DeepSparse 1.8 (the only runtime here that turns unstructured sparsity into speed)",
+                 "fp32-sparse", requires=("onnx",), check=_check_deepsparse, runner="onnxruntime")
+def _write_deepsparse(ctx: ExportContext) -> None:
+    from hwnas_backends.deepsparse_backend import IR_VERSION, OPSET, READY
+    from hwnas_backends.onnx_export import export_onnx
+
+    ctx.options["achieved_sparsity"] = magnitude_prune(ctx.model, float(ctx.options.get("sparsity", 0.7)))
+    module, io = _graph(ctx.model)
+    export_onnx(module, io, ctx.out / "deepsparse_prefill.onnx", with_past=False, opset=OPSET, ir_version=IR_VERSION)
+    export_onnx(module, io, ctx.out / "deepsparse_decode.onnx", opset=OPSET, ir_version=IR_VERSION)
+    ctx.model.save_pretrained(ctx.out / "pruned_hf")  # the pruned weights, for recovery fine-tuning elsewhere
+    (ctx.out / READY).write_text("")
+
+
 # --- running an artifact ----------------------------------------------------------------------
 
 
 def open_runtime(art: Path, manifest: dict[str, Any], threads: int = 1):  # noqa: ANN201
-    """The artifact's backend plugin, prepared from its files (ready for `step`)."""
+    """The artifact's runtime plugin, prepared from its files (ready for `step`)."""
     from hwnas_backends.base import backend_class
-    from hwnas_backends.graphs import build_module
+    from hwnas_backends.graphs import build_module, graph_io
+
+    from .model import load_config
 
     fmt = FORMATS[manifest["format"]]
-    cls = backend_class(fmt.backend)
-    be = cls(cls.CONFIG.from_dict({"threads": threads, **fmt.backend_config}))
+    name = fmt.runner or fmt.backend
+    cls = backend_class(name)
+    be = cls(cls.CONFIG.from_dict({"threads": threads, **(fmt.backend_config if name == fmt.backend else {})}))
     module = None
-    if fmt.backend == "torch":
+    if name == "torch":
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(art).eval()
         module, io = build_module(model, "model")
     else:
-        from hwnas_backends.graphs import graph_io
-
-        from .model import load_config
-
         cfg = load_config(str(art))
         io = graph_io(cfg, "model", cfg.num_hidden_layers)
+    if fmt.name == "deepsparse":  # its decode graph (dynamic past) run by ONNX Runtime, unchanged
+        import tempfile
+
+        link_dir = Path(tempfile.mkdtemp(prefix="hwnas-verify-"))
+        (link_dir / "graph.onnx").symlink_to((art / "deepsparse_decode.onnx").resolve())
+        art = link_dir
     be.prepare(module, io, art)
     return be, io
 
@@ -274,6 +328,9 @@ def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path |
         raise ExportError(f"format {fmt_name} needs {', '.join(missing)}: pip install it (see the README extras)")
     shutil.rmtree(ctx.out, ignore_errors=True)
     ctx.out.mkdir(parents=True)
+    ids = heldout_tokens(sn.base.tokenizer, data_dir=data_dir)
+    with torch.no_grad():  # before writing: a format may change the weights (pruning)
+        ref = model(input_ids=torch.as_tensor(ids[None])).logits[0, :-1].float().numpy()
     t0 = time.perf_counter()
     say(f"writing {fmt_name}")
     fmt.write(ctx)
@@ -283,9 +340,6 @@ def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path |
     export_s = time.perf_counter() - t0
 
     say("verifying against torch")
-    ids = heldout_tokens(sn.base.tokenizer, data_dir=data_dir)
-    with torch.no_grad():
-        ref = model(input_ids=torch.as_tensor(ids[None])).logits[0, :-1].float().numpy()
     be, io = open_runtime(ctx.out, {"format": fmt_name}, threads=threads)
     got = stream_logits(be, io, ids)
     verification = compare(ref, got, ids[1:])
@@ -322,6 +376,7 @@ def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path |
                    "channel_order": sn.order.method if sn.order else None},
         "subnet": subnet.to_dict(),
         "parameters": params,
+        "options": ctx.options,
         "files": files,
         "size_mb": round(sum((ctx.out / f).stat().st_size for f in files) / 1e6, 2),
         "verification": {**verification, "reference": reference},
@@ -344,6 +399,8 @@ def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path |
 
 def _runtime_weight_bytes(folder: Path) -> int:
     """Bytes of the weight files a decode step streams (the .bin / .onnx / .safetensors)."""
+    if (folder / "deepsparse_decode.onnx").is_file():
+        return (folder / "deepsparse_decode.onnx").stat().st_size
     return sum(p.stat().st_size for p in folder.iterdir()
                if p.suffix in (".bin", ".onnx", ".safetensors") or p.name.endswith(".onnx.data"))
 

@@ -1,6 +1,7 @@
 """Every artifact format round-trips on a tiny model: export -> verify -> run; tampering is caught."""
 
 import json
+import os
 
 import pytest
 
@@ -69,6 +70,25 @@ def test_measured_artifact_has_figures(artifacts):
     ms = m["measured"]
     assert ms["prefill_ms"] > 0 and ms["decode_ms_per_token"] > 0 and ms["peak_mem_mb"] > 0
     assert m["roofline"]["decode_bound_ms"] > 0
+
+
+def test_deepsparse_sparse_artifact(tiny_sn, tmp_path, monkeypatch):
+    """Magnitude pruning -> DeepSparse-compiled graphs; verified (ORT on the same graph) and measured."""
+    from hwnas_backends.deepsparse_backend import DeepSparseBackend
+
+    ok, why = DeepSparseBackend.available()
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(f"deepsparse venv missing in CI: {why}")
+        pytest.skip(why)
+    monkeypatch.setenv("HWNAS_GRAPH_CACHE", str(tmp_path / "graphs"))
+    m = export(tiny_sn, tiny_sn.parse_subnet(SUBNET), "deepsparse", tmp_path / "ds", prefill=8, decode=2,
+               options={"sparsity": 0.5})
+    assert m["options"]["achieved_sparsity"]["mlp"] == pytest.approx(0.5, abs=0.02)
+    assert 0 < m["verification"]["top1_agreement"] <= 1 and m["measured"]["decode_ms_per_token"] > 0
+    assert verify(tmp_path / "ds")["ok"]
+    dense = tiny_sn.materialize(tiny_sn.parse_subnet(SUBNET))  # pruning worked on a copy, not the super-network
+    assert (dense.model.layers[0].mlp.gate_proj.weight == 0).float().mean() < 0.01
 
 
 def test_refusals(tiny_sn, tmp_path):
