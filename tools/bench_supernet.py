@@ -47,9 +47,8 @@ def table_subnets(layer_scores: list[float] | None) -> dict[str, dict]:
 
 def evaluate_all(sn, evaluator: Evaluator, label: str, rows: list) -> None:  # noqa: ANN001
     for name, spec in {"full model": None, **table_subnets(sn.order.layer_scores if sn.order else None)}.items():
-        if label != "naive" and name == "full model" and rows and any(r[0] == "full model" and r[1] != "naive"
-                                                                       for r in rows):
-            continue  # importance order does not change the full model
+        if name == "full model" and label.startswith("ordered (") :
+            continue  # importance order does not change the full model (same function as the base)
         model = sn.model if spec is None else sn.materialize(sn.parse_subnet(spec), share_weights=True)
         t0 = time.perf_counter()
         res = evaluator.evaluate(model)
@@ -64,6 +63,9 @@ def cmd_table(args: argparse.Namespace) -> None:
     variants = [("naive", "smollm2-135m", "none"), ("ordered (contrib)", "smollm2-135m", "contrib")]
     if args.finetuned:
         variants.append(("ordered + InstaTune", args.finetuned, "contrib"))
+    if args.order:  # e.g. "ordered + InstaTune,ordered (contrib),naive": most wanted rows first
+        wanted = args.order.split(",")
+        variants = sorted((v for v in variants if v[0] in wanted), key=lambda v: wanted.index(v[0]))
     rows: list = []
     evaluator = None
     for label, model, order in variants:
@@ -123,6 +125,7 @@ def main() -> None:
     t.add_argument("--finetuned", default=None)
     t.add_argument("--limit", type=int, default=200)
     t.add_argument("--ppl-windows", type=int, default=8)
+    t.add_argument("--order", default=None, help="comma-separated variant labels to run, in this order")
     p = sub.add_parser("predictor")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--n-test", type=int, default=50)
