@@ -185,20 +185,25 @@ class LatencyModel:
         return cls(folder, header, prof, shape)
 
     def predict_arrays(self, keep: np.ndarray, widths: np.ndarray, *, prefill: int = 128, decode: int = 32,
-                       batch: int = 1) -> dict[str, np.ndarray]:
+                       batch: int = 1, targets: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Predictions for rows of a keep mask and per-layer widths (only `targets`, if given)."""
         out = {}
-        for t, booster in self.boosters.items():
-            phase, tokens, context, b = phase_settings(t, prefill, decode, batch)
-            x = self.features.build(keep, widths, phase, tokens, context, b)
+        feats: dict[tuple, np.ndarray] = {}  # targets that share a phase share its features
+        for t in targets or self.boosters:
+            booster = self.boosters[t]
+            key = phase_settings(t, prefill, decode, batch)
+            if key not in feats:
+                feats[key] = self.features.build(keep, widths, *key)
+            x = feats[key]
             y = booster.predict(x, num_threads=1)
             mode = self.header["targets"][t]["mode"]
             out[t] = np.exp(y) * x[:, 0] if mode == "ratio" else np.exp(y)
         return out
 
     def predict_subnets(self, subnets: Sequence[Subnet], *, prefill: int = 128, decode: int = 32,
-                        batch: int = 1) -> dict[str, np.ndarray]:
+                        batch: int = 1, targets: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         keep, widths = subnet_arrays(subnets, self.shape.num_layers)
-        return self.predict_arrays(keep, widths, prefill=prefill, decode=decode, batch=batch)
+        return self.predict_arrays(keep, widths, prefill=prefill, decode=decode, batch=batch, targets=targets)
 
     def lut_sums(self, subnets: Sequence[Subnet], *, prefill: int = 128, decode: int = 32,
                  batch: int = 1) -> dict[str, np.ndarray]:
@@ -285,11 +290,11 @@ def _fit_booster(x: np.ndarray, y: np.ndarray, seed: int):  # noqa: ANN202
     import lightgbm as lgb
 
     n = len(y)
-    params = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 7,
+    params = {"objective": "regression", "learning_rate": 0.1, "num_leaves": 7,
               "min_data_in_leaf": max(2, min(5, n // 8)), "min_data_in_bin": 1, "feature_fraction": 0.9,
               "bagging_fraction": 0.9, "bagging_freq": 1, "lambda_l2": 1.0, "seed": seed,
               "deterministic": True, "num_threads": 1, "verbose": -1, "linear_tree": True}
-    return lgb.train(params, lgb.Dataset(x, y, params={"verbose": -1}), num_boost_round=200)
+    return lgb.train(params, lgb.Dataset(x, y, params={"verbose": -1}), num_boost_round=80)
 
 
 def _cv_mape(x: np.ndarray, y_ms: np.ndarray, mode: str, seed: int, folds: int = 5) -> float:

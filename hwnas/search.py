@@ -362,11 +362,13 @@ class Search:
         lc = self.cfg.linas
         return lc.initial + lc.rounds * lc.per_round
 
-    def _latency_of(self, subnets: list[Subnet]) -> dict[str, np.ndarray]:
+    def _latency_of(self, subnets: list[Subnet], every_target: bool = False) -> dict[str, np.ndarray]:
         if self.latency is None:
             return {}
         lat = self.cfg.latency
-        return self.latency.predict_subnets(subnets, prefill=lat["prefill"], decode=lat["decode"], batch=lat["batch"])
+        wanted = [m for m in LATENCY_METRICS if m in {o.metric for o in self.cfg.objectives} | set(self.cfg.budgets)]
+        return self.latency.predict_subnets(subnets, prefill=lat["prefill"], decode=lat["decode"], batch=lat["batch"],
+                                            targets=None if every_target else (wanted or None))
 
     def objective_matrix(self, records: list[dict[str, Any]]) -> np.ndarray:
         """Minimisation matrix of the real evaluations (accuracy real, costs exact, latency predicted)."""
@@ -411,7 +413,7 @@ class Search:
                                  if d.get(k) is not None}
             if self.metrics_cache is not None:
                 self.metrics_cache[s.key()] = metrics
-        lat = {k: float(v[0]) for k, v in self._latency_of([s]).items()}
+        lat = {k: float(v[0]) for k, v in self._latency_of([s], every_target=True).items()}
         rec = {
             "version": STORE_VERSION,
             "run_id": self.run_dir.name,
