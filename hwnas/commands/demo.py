@@ -15,7 +15,7 @@ from pathlib import Path
 from . import add_model_argument, info, progress_printer
 
 NAME = "demo"
-HELP = "run the end-to-end pipeline on the embedded default model (offline, ~15-20 min on 2 cores)"
+HELP = "run the end-to-end pipeline on the embedded default model (offline; every stage is reused on re-runs)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
