@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -170,7 +171,7 @@ class LatencyModel:
         header = yaml.safe_load(path.read_text()) or {}
         if header.get("version") != MODEL_VERSION:
             raise LatencyModelError(f"{path}: version {header.get('version')!r}; this hwnas reads {MODEL_VERSION}")
-        prof_dir = Path(profile) if profile else Path(header["profile_path"])
+        prof_dir = Path(profile) if profile else folder / header["profile_path"]  # relative to the model folder
         if not (prof_dir / HEADER_FILE).is_file():
             raise LatencyModelError(f"the device profile {prof_dir} of latency model {folder} is missing; "
                                     "pass --profile with its location")
@@ -344,7 +345,7 @@ def fit(profile_dir: str | Path, model: str, space: SearchSpace, out: str | Path
         targets[t] = {"file": f"{t}.txt", "mode": mode, "cv_mape": {m: round(v, 4) for m, v in cv.items()}}
     header = {
         "version": MODEL_VERSION, "model": model, "space": space.name, "widths": list(space.mlp_widths),
-        "profile_path": str(profile_dir.resolve()), "profile_id": profile_id(profile_dir),
+        "profile_path": os.path.relpath(profile_dir.resolve(), out.resolve()), "profile_id": profile_id(profile_dir),
         "backend": prof.backend, "device_slug": prof.header.get("device_slug"),
         "roofline": (prof.header.get("fingerprint") or {}).get("roofline"),
         "features": list(FEATURES), "targets": targets, "samples": len(recs),
