@@ -375,13 +375,23 @@ class Search:
         return np.asarray([[o.sign * metric_value(r, o.metric) for o in self.cfg.objectives] for r in records],
                           dtype=float).reshape(len(records), len(self.cfg.objectives))
 
-    def feasible(self, records: list[dict[str, Any]]) -> np.ndarray:
-        ok = np.ones(len(records), dtype=bool)
+    def budget_slack(self, values: dict[str, np.ndarray]) -> np.ndarray:
+        """(n, budgets) pymoo-style constraint values: <= 0 where a budget is met. A budget is an
+        upper bound for a metric minimised (or not an objective), a lower bound for one maximised."""
+        cols = []
         for metric, bound in self.cfg.budgets.items():
             goal = next((o.goal for o in self.cfg.objectives if o.metric == metric), "min")
-            vals = np.asarray([metric_value(r, metric) for r in records], dtype=float)
-            ok &= vals <= bound if goal == "min" else vals >= bound
-        return ok
+            vals = np.asarray(values[metric], dtype=float)
+            cols.append(vals - bound if goal == "min" else bound - vals)
+        return np.stack(cols, 1)
+
+    def _record_values(self, records: list[dict[str, Any]], metrics) -> dict[str, np.ndarray]:  # noqa: ANN001
+        return {m: np.asarray([metric_value(r, m) for r in records], dtype=float) for m in metrics}
+
+    def feasible(self, records: list[dict[str, Any]]) -> np.ndarray:
+        if not self.cfg.budgets:
+            return np.ones(len(records), dtype=bool)
+        return (self.budget_slack(self._record_values(records, self.cfg.budgets)) <= 0).all(1)
 
     # real evaluation -------------------------------------------------------------------------
 
@@ -592,19 +602,11 @@ class Search:
             f = self.objective_matrix(recs)
             pop.set("F", f)
             if self.cfg.budgets:
-                pop.set("G", self._constraint_matrix(recs))
+                pop.set("G", self.budget_slack(self._record_values(recs, self.cfg.budgets)))
             PymooEvaluator().eval(problem, pop, skip_already_evaluated=True)
             algo.tell(infills=pop)
             gen += 1
         self.hv_history.append((self.spent, self.current_hypervolume()))
-
-    def _constraint_matrix(self, recs: list[dict[str, Any]]) -> np.ndarray:
-        cols = []
-        for metric, bound in self.cfg.budgets.items():
-            goal = next((o.goal for o in self.cfg.objectives if o.metric == metric), "min")
-            vals = np.asarray([metric_value(r, metric) for r in recs], dtype=float)
-            cols.append(vals - bound if goal == "min" else bound - vals)
-        return np.stack(cols, 1)
 
     def result(self) -> SearchResult:
         recs = self.store.records
@@ -642,11 +644,7 @@ class PredictedProblem:
                 values = predicted_values(search, predictors, x, keep, widths)
                 out["F"] = np.stack([o.sign * values[o.metric] for o in search.cfg.objectives], 1)
                 if search.cfg.budgets:
-                    cols = []
-                    for metric, bound in search.cfg.budgets.items():
-                        goal = next((o.goal for o in search.cfg.objectives if o.metric == metric), "min")
-                        cols.append(values[metric] - bound if goal == "min" else bound - values[metric])
-                    out["G"] = np.stack(cols, 1)
+                    out["G"] = search.budget_slack(values)
 
         return _P()
 

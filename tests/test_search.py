@@ -140,3 +140,13 @@ def test_demo_pipeline_end_to_end_on_a_tiny_model(tmp_path, monkeypatch, capsys)
     out = capsys.readouterr().out
     assert "chosen onnx-int8" in out and "chosen openvino-int8" in out
     assert (tmp_path / "demo" / "artifacts" / "onnx-int8" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("algorithm", ["linas", "nsga2"])
+def test_budget_constrains_the_front(tiny_llama, tmp_path, text_task, algorithm):
+    search = make_search(tiny_llama, tmp_path, text_task, name=f"b-{algorithm}", algorithm=algorithm)
+    bound = 0.8 * search.costs.of_subnet(search.sn.full_subnet())["params"]
+    search.cfg.budgets = {"params": bound}
+    res = search.run()
+    assert res.front and all(res.records[i]["costs"]["params"] <= bound for i in res.front)
+    assert not search.feasible([r for r in res.records if r["is_base"]]).any()
