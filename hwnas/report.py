@@ -174,15 +174,16 @@ def _front_table(run: Run, front: list[dict[str, Any]], objs: list[Objective], o
 
 
 def _bandwidth(run: Run) -> float | None:
-    """Memory bandwidth (GB/s) from the latency model's device profile, if the run used one."""
+    """Memory bandwidth (GB/s) recorded in the run's latency model header, if the run used one."""
     if not run.config.latency_model:
         return None
-    try:
-        from .latency import LatencyModel
+    import yaml
 
-        return LatencyModel.load(run.config.latency_model).bandwidth_gbs
-    except (ImportError, HwnasUserError, AttributeError):
+    header = Path(run.config.latency_model) / "latency_model.yaml"
+    if not header.is_file():
         return None
+    roof = (yaml.safe_load(header.read_text()) or {}).get("roofline") or {}
+    return float(roof["bandwidth_gbs"]) if roof.get("bandwidth_gbs") else None
 
 
 def _fmt(v: float) -> str:
