@@ -37,18 +37,22 @@ def fitted(tmp_path_factory):
 def test_fit_writes_text_models_and_round_trips(fitted):
     lm, prof_dir, tmp = fitted
     files = sorted(p.name for p in (tmp / "lm").iterdir())
-    assert {"latency_model.yaml", "prefill_ms.txt", "decode_ms_per_token.txt", "peak_mem_mb.txt",
-            "samples.jsonl"} <= set(files)
+    header = yaml.safe_load((tmp / "lm" / "latency_model.yaml").read_text())
+    assert {"latency_model.yaml", "samples.jsonl"} <= set(files)
     assert not any(f.endswith((".pkl", ".pickle")) for f in files)
-    assert (tmp / "lm" / "prefill_ms.txt").read_text().startswith("tree")
+    for t, spec in header["targets"].items():  # a booster file exactly for the tree modes
+        assert (spec["file"] is None) == (spec["mode"] == "linear"), t
+        if spec["file"]:
+            assert (tmp / "lm" / spec["file"]).read_text().startswith("tree")
     subs = sample_subnets(SPACE, 20, seed=7)
     a = lm.predict_subnets(subs, prefill=16, decode=4)
     b = LatencyModel.load(tmp / "lm").predict_subnets(subs, prefill=16, decode=4)
     for t in a:
         assert np.array_equal(a[t], b[t]) and (a[t] > 0).all()
-    header = yaml.safe_load((tmp / "lm" / "latency_model.yaml").read_text())
     assert set(header["targets"]) == {"prefill_ms", "decode_ms_per_token", "peak_mem_mb"}
-    assert all(t["mode"] in ("ratio", "raw") for t in header["targets"].values())
+    for spec in header["targets"].values():
+        assert spec["mode"] in ("ratio", "raw", "linear")
+        assert spec["cv_mape"][spec["mode"]] == min(spec["cv_mape"].values())  # the mode CV chose
 
 
 def test_refuses_another_profile_or_device(fitted):
@@ -71,5 +75,5 @@ def test_validate_reports_both_model_and_lut_sum(fitted):
     rep = validate(lm, SPACE, n=6, isolate=False)
     assert rep["n"] == 6
     for t in ("prefill_ms", "decode_ms_per_token"):
-        assert set(rep["per_target"][t]) == {"lightgbm", "lut_sum"}
-        assert 0 <= rep["per_target"][t]["lightgbm"]["within_10pct"] <= 1
+        assert set(rep["per_target"][t]) == {"model", "lut_sum"}
+        assert 0 <= rep["per_target"][t]["model"]["within_10pct"] <= 1

@@ -33,7 +33,7 @@ def main() -> None:
     space = SearchSpace.packaged("smollm2-135m", num_layers=30, intermediate_size=1536)
     print(f"latency model {args.latency_model}: backend {h['backend']}, device {h['device_slug']}, "
           f"{h['samples']} training sub-networks, targets "
-          + ", ".join(f"{t} ({v['mode']}; CV MAPE ratio {v['cv_mape']['ratio']:.1%} / raw {v['cv_mape']['raw']:.1%})"
+          + ", ".join(f"{t} ({v['mode']}; CV MAPE " + " / ".join(f"{m} {e:.1%}" for m, e in v["cv_mape"].items()) + ")"
                       for t, v in h["targets"].items()))
     print(f"affinity {sorted(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f}\n")
     rep = validate(lm, space, n=args.n)
@@ -49,7 +49,7 @@ def main() -> None:
     reps = max(1, args.throughput // len(subs))
     keep, widths = np.tile(keep, (reps, 1)), np.tile(widths, (reps, 1))
     print(f"\nbatch prediction, {len(keep):,} sub-networks, 1 thread (median of 3):")
-    for targets in (["decode_ms_per_token"], list(lm.boosters)):
+    for targets in (["decode_ms_per_token"], list(h["targets"])):
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
