@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from .data import find_data_file
 from .errors import HwnasUserError
 from .fileio import write_json, write_yaml
-from .space import SearchSpace
+from .space import FINETUNE_RECORD, SearchSpace
 from .subnet import Subnet
 from .supernet import ORDER_MARKER, Supernet
 
@@ -287,6 +287,6 @@ def _write_final(sn: Supernet, cfg: FinetuneConfig, out: Path) -> None:
                             layer_scores=order.layer_scores if order else None,
                             method=order.method if order else "none",
                             meta={**(order.meta if order else {}), "applied": True}), out / ORDER_MARKER)
-    write_yaml(out / "hwnas_finetune.yaml", {
+    write_yaml(out / FINETUNE_RECORD, {
         "version": 1, "base": {"spec": sn.base.spec, "sha256": sn.base.source_hash},
         "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -153,6 +153,15 @@ class SearchSpace:
                    description="generic default: six MLP widths, any 25 % of layers droppable")
 
     @classmethod
+    def for_model(cls, spec: str, num_layers: int, intermediate_size: int) -> SearchSpace:
+        """The default space of a model: the packaged one of an embedded model, or of a folder
+        fine-tuned from one (`hwnas finetune` records its base), else the generic one."""
+        name = packaged_space_name(spec)
+        if name:
+            return cls.packaged(name, num_layers=num_layers, intermediate_size=intermediate_size)
+        return cls.default_for(num_layers, intermediate_size, name=f"{Path(spec).name}-default")
+
+    @classmethod
     def packaged(cls, name: str, **shape: int) -> SearchSpace:
         """A space shipped inside hwnas (`hwnas/spaces/<name>.yaml`)."""
         res = resources.files("hwnas") / "spaces" / f"{name}.yaml"
@@ -239,3 +248,21 @@ def _agree(source: str, key: str, declared: Any, actual: int | None) -> int:
     if declared is not None and actual is not None and int(declared) != int(actual):
         raise SpaceError(f"{source}: base.{key} is {declared} but the model has {actual}")
     return int(actual if actual is not None else declared)
+
+
+FINETUNE_RECORD = "hwnas_finetune.yaml"  # written by `hwnas finetune` into its output folder
+
+
+def packaged_space_name(spec: str, _depth: int = 0) -> str | None:
+    """The embedded model whose packaged space applies to `spec`, following fine-tune records."""
+    from .model import EMBEDDED
+
+    if not spec:
+        return None
+    if spec in EMBEDDED:
+        return spec
+    record = Path(spec) / FINETUNE_RECORD
+    if _depth > 8 or not record.is_file():
+        return None
+    base = ((yaml.safe_load(record.read_text(encoding="utf-8")) or {}).get("base") or {}).get("spec")
+    return packaged_space_name(str(base), _depth + 1) if base else None

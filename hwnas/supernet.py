@@ -82,13 +82,8 @@ class Supernet:
         return max(self.base_widths)
 
     def default_space(self) -> SearchSpace:
-        """The packaged space for an embedded model, else a generic one for this shape."""
-        shape = {"num_layers": self.num_layers, "intermediate_size": self.intermediate_size}
-        from .model import EMBEDDED
-
-        if self.base.spec in EMBEDDED:
-            return SearchSpace.packaged(self.base.spec, **shape)
-        return SearchSpace.default_for(**shape, name=f"{Path(self.base.spec).name}-default")
+        """The model's default space (`SearchSpace.for_model`)."""
+        return SearchSpace.for_model(self.base.spec, self.num_layers, self.intermediate_size)
 
     def parse_subnet(self, data: Any, space: SearchSpace | None = None, source: str = "subnet") -> Subnet:
         return Subnet.parse(data, num_layers=self.num_layers, intermediate_size=self.base_widths,

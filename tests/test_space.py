@@ -64,3 +64,21 @@ def test_generic_default_space():
     space = SearchSpace.default_for(32, 11008)
     assert all(w % 64 == 0 and w <= 11008 for w in space.mlp_widths)
     assert space.min_depth == 24
+
+
+def test_finetuned_folder_keeps_its_base_models_packaged_space(tmp_path):
+    """`hwnas finetune` output searched without --space gets the base model's space, not the generic one."""
+    from hwnas.space import FINETUNE_RECORD
+
+    first, second, plain = tmp_path / "ft1", tmp_path / "ft2", tmp_path / "plain"
+    for d in (first, second, plain):
+        d.mkdir()
+    (first / FINETUNE_RECORD).write_text("version: 1\nbase: {spec: smollm2-135m}\n")
+    (second / FINETUNE_RECORD).write_text(f"version: 1\nbase: {{spec: '{first}'}}\n")  # fine-tuned twice
+    packaged = SearchSpace.packaged("smollm2-135m", num_layers=30, intermediate_size=1536)
+    for d in (first, second):
+        got = SearchSpace.for_model(str(d), 30, 1536)
+        assert got.name == packaged.name and got.min_depth == packaged.min_depth
+        assert got.droppable_layers == packaged.droppable_layers
+    generic = SearchSpace.for_model(str(plain), 30, 1536)
+    assert generic.name == "plain-default" and generic.droppable_layers == tuple(range(30))

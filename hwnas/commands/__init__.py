@@ -31,7 +31,7 @@ def emit_json(obj: Any) -> None:
 
 def resolve_space(args: argparse.Namespace, config=None):  # noqa: ANN001, ANN201
     """The space of --space (checked against the model's shape) or the model's default space."""
-    from ..model import EMBEDDED, config_mlp_widths
+    from ..model import config_mlp_widths
     from ..space import SearchSpace
 
     shape = {}
@@ -40,9 +40,7 @@ def resolve_space(args: argparse.Namespace, config=None):  # noqa: ANN001, ANN20
         shape = {"num_layers": config.num_hidden_layers, "intermediate_size": max(widths)}
     if args.space:
         return SearchSpace.load(args.space, **shape)
-    if getattr(args, "model", None) in EMBEDDED:
-        return SearchSpace.packaged(args.model, **shape)
-    return SearchSpace.default_for(**shape, name=f"{args.model}-default")
+    return SearchSpace.for_model(getattr(args, "model", None) or "model", **shape)
 
 
 def progress_printer(label: str):  # noqa: ANN201
