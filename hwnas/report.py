@@ -16,6 +16,7 @@ from .errors import HwnasUserError
 from .fileio import write_text
 from .search import COST_METRICS, LATENCY_METRICS, Objective, RunConfig, metric_value, pareto_mask
 
+MEASURED = "measured.jsonl"  # the front measured with `bench` (hwnas report --measure-front), one line each
 _RULE = re.compile(r"^\s*([\w.:/\-]+?)\s*(<=|>=|<|>)\s*(.+?)\s*$")
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 
@@ -35,7 +36,13 @@ class Run:
         from .search import ResultsStore
 
         cfg = RunConfig.load(run_dir / "config.yaml")
-        return cls(run_dir, cfg, ResultsStore(store).records)
+        records = ResultsStore(store).records
+        measured = _read_measured(run_dir / MEASURED)
+        for r in records:  # the store is append-only: measurements made later are merged in on load
+            m = measured.get(_key(r["subnet"]))
+            if m is not None:
+                r["latency_measured"] = {t: m[t] for t in ("prefill_ms", "decode_ms_per_token", "peak_mem_mb")}
+        return cls(run_dir, cfg, records)
 
     @property
     def base(self) -> dict[str, Any] | None:
@@ -50,9 +57,56 @@ class Run:
         return [r for r, m in zip(self.records, pareto_mask(f)) if m]
 
 
+def _key(subnet: dict[str, Any]) -> str:
+    return json.dumps({"layers": list(subnet["layers"]), "mlp_widths": list(subnet["mlp_widths"])}, sort_keys=True)
+
+
+def _read_measured(path: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: that measurement is redone
+                continue
+            out[_key(rec["subnet"])] = rec
+    return out
+
+
+def measure_front(run: Run, *, threads: int = 1, progress: Any = None) -> int:
+    """Measure the base and every front sub-network with `bench` on the run's latency-model backend
+    and settings, appending to RUN_DIR/measured.jsonl (resumable); returns how many were measured."""
+    from .bench import bench_subnet
+
+    if not run.config.latency_model:
+        raise HwnasUserError("the run has no latency model, so there is no backend to measure the front on")
+    import yaml
+
+    header = yaml.safe_load((Path(run.config.latency_model) / "latency_model.yaml").read_text()) or {}
+    backend, lat = header["backend"], run.config.latency
+    path = run.run_dir / MEASURED
+    done = _read_measured(path)
+    todo = [r for r in ([run.base] if run.base else []) + run.front() if _key(r["subnet"]) not in done]
+    todo = list({_key(r["subnet"]): r for r in todo}.values())
+    for i, r in enumerate(todo):
+        if progress:
+            progress(i, len(todo))
+        b = bench_subnet(run.config.model, None if r.get("is_base") else r["subnet"], backend,
+                         prefill=lat.get("prefill", 128), decode=lat.get("decode", 32), batch=lat.get("batch", 1),
+                         threads=threads)
+        line = {"version": 1, "index": r["index"], **b.to_dict(), "subnet": r["subnet"]}
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        r["latency_measured"] = {t: line[t] for t in ("prefill_ms", "decode_ms_per_token", "peak_mem_mb")}
+    if progress:
+        progress(len(todo), len(todo))
+    return len(todo)
+
+
 def pick(run: Run, rules: list[str], best: str) -> dict[str, Any]:
     """The record satisfying every rule (`metric OP expr`, where expr may use `base`, e.g.
-    `decode_ms_per_token<=0.8*base`, `arc_easy.acc_norm>=base-0.01`) with the best `best` metric."""
+    `decode_ms_per_token<=0.8*base`, `arc_easy.acc_norm>=base-0.01`) with the best `best` metric.
+    `measured.<latency metric>` uses the measured value (records not measured are skipped)."""
     base = run.base
     checks = []
     for rule in rules:
@@ -66,7 +120,8 @@ def pick(run: Run, rules: list[str], best: str) -> dict[str, Any]:
         checks.append((metric, _OPS[op], bound))
     goal_max = best.startswith("max:")
     metric_best = best[4:] if best.startswith(("max:", "min:")) else best
-    ok = [r for r in run.records if all(fn(run.value(r, mt), b) for mt, fn, b in checks)]
+    ok = [r for r in run.records if all(_has(r, mt) and fn(run.value(r, mt), b) for mt, fn, b in checks)
+          and _has(r, metric_best)]
     if not ok:
         raise HwnasUserError(f"no evaluated sub-network satisfies {rules}")
     return (max if goal_max else min)(ok, key=lambda r: run.value(r, metric_best))
@@ -115,6 +170,9 @@ def write_report(run_dir: str | Path) -> list[Path]:
             ax.plot(*zip(*fx), "r.-", lw=1, ms=7, label="Pareto front")
         measured = [r for r in run.records if (r.get("latency_measured") or {}).get(cost) is not None]
         if measured and cost in LATENCY_METRICS:
+            for r in measured:  # predicted -> measured, per sub-network
+                ax.plot([run.value(r, cost), r["latency_measured"][cost]], [run.value(r, acc.metric)] * 2,
+                        c="0.5", lw=0.8)
             ax.scatter([r["latency_measured"][cost] for r in measured],
                        [run.value(r, acc.metric) for r in measured], marker="x", c="k", label="measured")
         if run.base:
@@ -153,7 +211,9 @@ def _front_table(run: Run, front: list[dict[str, Any]], objs: list[Objective], o
     lines = [f"# Pareto front of {run.run_dir.name}", "",
              f"{len(run.records)} real evaluations; objectives: "
              + ", ".join(f"{o.metric} ({o.goal})" for o in objs), ""]
-    header = ["#", "depth", *cols, "roofline decode ms" if bw else None, "subnet"]
+    measured = [m for m in LATENCY_METRICS if any((r.get("latency_measured") or {}).get(m) for r in run.records)]
+    header = ["#", "depth", *cols, *(f"measured {m}" for m in measured), "roofline decode ms" if bw else None,
+              "subnet"]
     header = [h for h in header if h]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = ([run.base] if run.base and run.base not in front else []) + sorted(
@@ -161,6 +221,7 @@ def _front_table(run: Run, front: list[dict[str, Any]], objs: list[Objective], o
     for r in rows:
         cells = [("base" if r.get("is_base") else str(r["index"])), str(len(r["subnet"]["layers"]))]
         cells += [_fmt(run.value(r, c)) for c in cols]
+        cells += [_fmt(r["latency_measured"][m]) if (r.get("latency_measured") or {}).get(m) else "-" for m in measured]
         if bw:
             bound = roofline_decode_ms(r["costs"]["params"], 4, bw)
             dec = (r.get("latency_measured") or {}).get("decode_ms_per_token") or \

@@ -253,6 +253,8 @@ class ResultsStore:
 
 
 def metric_value(rec: dict[str, Any], metric: str) -> float:
+    if metric.startswith("measured."):  # e.g. measured.decode_ms_per_token (KeyError/TypeError if not measured)
+        return float(rec["latency_measured"][metric.split(".", 1)[1]])
     if metric in rec.get("costs", {}):
         return float(rec["costs"][metric])
     if metric in rec.get("latency_predicted", {}) and rec["latency_predicted"][metric] is not None:

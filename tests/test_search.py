@@ -123,6 +123,45 @@ def test_report_writes_plots_table_and_picks(tiny_llama, tmp_path, text_task):
         pick(run, ["params<=__import__('os')"], metric)
 
 
+def test_measured_front_is_merged_plotted_and_pickable(tiny_llama, tmp_path, text_task, monkeypatch):
+    """`report --measure-front`: measurements land in measured.jsonl (resumable), merge into the
+    records on load, show in the table, and `measured.<metric>` rules pick on them."""
+    import hwnas.bench
+    from hwnas.bench import BenchResult
+    from hwnas.report import MEASURED, Run, measure_front, pick, write_report
+
+    make_search(tiny_llama, tmp_path, text_task, name="m").run()
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    (lm / "latency_model.yaml").write_text("backend: torch\n")
+    calls = []
+
+    def fake_bench(model, subnet, backend, **kw):  # decode time grows with parameters kept
+        calls.append((model, backend, kw["prefill"], kw["decode"]))
+        n = 1.0 if subnet is None else sum(subnet["mlp_widths"]) / (4 * 256)
+        return BenchResult(backend=backend, prefill_ms=100 * n, decode_ms_per_token=10 * n, peak_mem_mb=50.0,
+                           repeats=5, cv_prefill=0.01, cv_decode=0.01, device="cpu", prefill_p90_ms=0,
+                           decode_p90_ms=0, prefill_tokens=kw["prefill"], decode_tokens=kw["decode"], batch=1,
+                           threads=1, load=0.0, flagged=False, subnet=subnet, versions={})
+
+    monkeypatch.setattr(hwnas.bench, "bench_subnet", fake_bench)
+    run = Run.load(tmp_path / "m")
+    run.config.latency_model = str(lm)
+    n = measure_front(run)
+    assert n == len({json.dumps(r["subnet"], sort_keys=True) for r in [run.base, *run.front()]})
+    assert calls[0][1:] == ("torch", 128, 32)
+    assert measure_front(run) == 0  # resumable: nothing measured twice
+    lines = (tmp_path / "m" / MEASURED).read_text().splitlines()
+    assert len(lines) == n
+    again = Run.load(tmp_path / "m")
+    measured = [r for r in again.records if r.get("latency_measured")]
+    assert len(measured) == n and again.base["latency_measured"]["decode_ms_per_token"] == 10.0
+    rec = pick(again, ["measured.decode_ms_per_token<=0.99*base"], "measured.decode_ms_per_token")
+    assert rec in measured and not rec.get("is_base")
+    write_report(tmp_path / "m")
+    assert "measured decode_ms_per_token" in (tmp_path / "m" / "report" / "front.md").read_text()
+
+
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end_on_a_tiny_model(tmp_path, monkeypatch, capsys):
     """The README's demo command, on a tiny model (minutes: every stage exports real graphs)."""
