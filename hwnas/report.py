@@ -14,7 +14,15 @@ import numpy as np
 
 from .errors import HwnasUserError
 from .fileio import write_text
-from .search import COST_METRICS, LATENCY_METRICS, Objective, RunConfig, metric_value, pareto_mask
+from .search import (
+    COST_METRICS,
+    LATENCY_METRICS,
+    Objective,
+    RunConfig,
+    latency_target,
+    metric_value,
+    pareto_mask,
+)
 
 MEASURED = "measured.jsonl"  # the front measured with `bench` (hwnas report --measure-front), one line each
 _RULE = re.compile(r"^\s*([\w.:/\-]+?)\s*(<=|>=|<|>)\s*(.+?)\s*$")
@@ -39,9 +47,10 @@ class Run:
         records = ResultsStore(store).records
         measured = _read_measured(run_dir / MEASURED)
         for r in records:  # the store is append-only: measurements made later are merged in on load
-            m = measured.get(_key(r["subnet"]))
-            if m is not None:
-                r["latency_measured"] = {t: m[t] for t in ("prefill_ms", "decode_ms_per_token", "peak_mem_mb")}
+            for m in measured.get(_key(r["subnet"]), {}).values():
+                suffix = f"@{m['latency_device']}" if m.get("latency_device") else ""
+                r["latency_measured"] = {**(r.get("latency_measured") or {}),
+                                         **{t + suffix: m[t] for t in LATENCY_METRICS}}
         return cls(run_dir, cfg, records)
 
     @property
@@ -61,43 +70,47 @@ def _key(subnet: dict[str, Any]) -> str:
     return json.dumps({"layers": list(subnet["layers"]), "mlp_widths": list(subnet["mlp_widths"])}, sort_keys=True)
 
 
-def _read_measured(path: Path) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+def _read_measured(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """subnet key -> device name ("" for a run's single latency model) -> measurement."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill: that measurement is redone
                 continue
-            out[_key(rec["subnet"])] = rec
+            out.setdefault(_key(rec["subnet"]), {})[rec.get("latency_device", "")] = rec
     return out
 
 
 def measure_front(run: Run, *, threads: int = 1, progress: Any = None) -> int:
-    """Measure the base and every front sub-network with `bench` on the run's latency-model backend
-    and settings, appending to RUN_DIR/measured.jsonl (resumable); returns how many were measured."""
+    """Measure the base and every front sub-network with `bench` on each latency model's backend
+    and the run's settings, appending to RUN_DIR/measured.jsonl (resumable); returns how many
+    measurements were made."""
     from .bench import bench_subnet
 
-    if not run.config.latency_model:
+    sources = run.config.latency_sources()
+    if not sources:
         raise HwnasUserError("the run has no latency model, so there is no backend to measure the front on")
     import yaml
 
-    header = yaml.safe_load((Path(run.config.latency_model) / "latency_model.yaml").read_text()) or {}
-    backend, lat = header["backend"], run.config.latency
+    lat = run.config.latency
     path = run.run_dir / MEASURED
     done = _read_measured(path)
-    todo = [r for r in ([run.base] if run.base else []) + run.front() if _key(r["subnet"]) not in done]
-    todo = list({_key(r["subnet"]): r for r in todo}.values())
-    for i, r in enumerate(todo):
+    front = list({_key(r["subnet"]): r for r in ([run.base] if run.base else []) + run.front()}.values())
+    todo = [(d, folder, r) for d, folder in sources.items() for r in front if d not in done.get(_key(r["subnet"]), {})]
+    for i, (device, folder, r) in enumerate(todo):
         if progress:
             progress(i, len(todo))
-        b = bench_subnet(run.config.model, None if r.get("is_base") else r["subnet"], backend,
+        header = yaml.safe_load((Path(folder) / "latency_model.yaml").read_text()) or {}
+        b = bench_subnet(run.config.model, None if r.get("is_base") else r["subnet"], header["backend"],
                          prefill=lat.get("prefill", 128), decode=lat.get("decode", 32), batch=lat.get("batch", 1),
                          threads=threads)
-        line = {"version": 1, "index": r["index"], **b.to_dict(), "subnet": r["subnet"]}
+        line = {"version": 1, "index": r["index"], **b.to_dict(), "latency_device": device, "subnet": r["subnet"]}
         with path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
-        r["latency_measured"] = {t: line[t] for t in ("prefill_ms", "decode_ms_per_token", "peak_mem_mb")}
+        suffix = f"@{device}" if device else ""
+        r["latency_measured"] = {**(r.get("latency_measured") or {}), **{t + suffix: line[t] for t in LATENCY_METRICS}}
     if progress:
         progress(len(todo), len(todo))
     return len(todo)
@@ -154,8 +167,8 @@ def write_report(run_dir: str | Path) -> list[Path]:
         raise HwnasUserError("the run has no accuracy objective to plot")
     front = run.front()
     written: list[Path] = []
-    cost_metrics = [m for m in (*LATENCY_METRICS, *COST_METRICS)
-                    if all(_has(r, m) for r in run.records)]
+    latency_keys = sorted({k for r in run.records for k in (r.get("latency_predicted") or {})})
+    cost_metrics = [m for m in (*latency_keys, *COST_METRICS) if all(_has(r, m) for r in run.records)]
     for cost in cost_metrics:
         fig, ax = plt.subplots(figsize=(6.4, 4.6))
         scale = 1e6 if cost == "params" else 1.0
@@ -169,7 +182,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
         if fx:
             ax.plot(*zip(*fx), "r.-", lw=1, ms=7, label="Pareto front")
         measured = [r for r in run.records if (r.get("latency_measured") or {}).get(cost) is not None]
-        if measured and cost in LATENCY_METRICS:
+        if measured and latency_target(cost):
             for r in measured:  # predicted -> measured, per sub-network
                 ax.plot([run.value(r, cost), r["latency_measured"][cost]], [run.value(r, acc.metric)] * 2,
                         c="0.5", lw=0.8)
@@ -178,14 +191,14 @@ def write_report(run_dir: str | Path) -> list[Path]:
         if run.base:
             ax.scatter([run.value(run.base, cost) / scale], [run.value(run.base, acc.metric)], marker="*", s=220,
                        c="gold", edgecolors="k", label="base model", zorder=5)
-        ax.set_xlabel(cost + (" (M)" if scale != 1 else "") + (" (predicted)" if cost in LATENCY_METRICS else ""))
+        ax.set_xlabel(cost + (" (M)" if scale != 1 else "") + (" (predicted)" if latency_target(cost) else ""))
         ax.set_ylabel(acc.metric)
         if acc.metric.endswith("ppl"):
             ax.set_yscale("log")
         ax.set_title(f"{run.run_dir.name}: {acc.metric[-40:]} vs {cost}", fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out / f"{_slug(acc.metric)}_vs_{cost}.png"
+        path = out / f"{_slug(acc.metric)}_vs_{_slug(cost)}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -207,11 +220,13 @@ def _slug(s: str) -> str:
 
 def _front_table(run: Run, front: list[dict[str, Any]], objs: list[Objective], out: Path) -> Path:
     cols = [o.metric for o in objs] + [m for m in ("params", "size_mb") if m not in {o.metric for o in objs}]
-    bw = _bandwidth(run)
+    bw = _bandwidth(run)  # of the first latency model; the roofline column refers to that device
+    first = next(iter(run.config.latency_sources()), "")
+    decode_key = "decode_ms_per_token" + (f"@{first}" if first else "")
     lines = [f"# Pareto front of {run.run_dir.name}", "",
              f"{len(run.records)} real evaluations; objectives: "
              + ", ".join(f"{o.metric} ({o.goal})" for o in objs), ""]
-    measured = [m for m in LATENCY_METRICS if any((r.get("latency_measured") or {}).get(m) for r in run.records)]
+    measured = sorted({m for r in run.records for m in (r.get("latency_measured") or {}) if latency_target(m)})
     header = ["#", "depth", *cols, *(f"measured {m}" for m in measured), "roofline decode ms" if bw else None,
               "subnet"]
     header = [h for h in header if h]
@@ -224,8 +239,8 @@ def _front_table(run: Run, front: list[dict[str, Any]], objs: list[Objective], o
         cells += [_fmt(r["latency_measured"][m]) if (r.get("latency_measured") or {}).get(m) else "-" for m in measured]
         if bw:
             bound = roofline_decode_ms(r["costs"]["params"], 4, bw)
-            dec = (r.get("latency_measured") or {}).get("decode_ms_per_token") or \
-                (r.get("latency_predicted") or {}).get("decode_ms_per_token")
+            dec = (r.get("latency_measured") or {}).get(decode_key) or \
+                (r.get("latency_predicted") or {}).get(decode_key)
             cells.append(f"{bound:.1f}" + (f" ({bound / dec:.0%} of it)" if dec else ""))
         cells.append("`" + json.dumps(r["subnet"], separators=(",", ":")) + "`")
         lines.append("| " + " | ".join(cells) + " |")
@@ -236,11 +251,12 @@ def _front_table(run: Run, front: list[dict[str, Any]], objs: list[Objective], o
 
 def _bandwidth(run: Run) -> float | None:
     """Memory bandwidth (GB/s) recorded in the run's latency model header, if the run used one."""
-    if not run.config.latency_model:
+    sources = run.config.latency_sources()
+    if not sources:
         return None
     import yaml
 
-    header = Path(run.config.latency_model) / "latency_model.yaml"
+    header = Path(next(iter(sources.values()))) / "latency_model.yaml"
     if not header.is_file():
         return None
     roof = (yaml.safe_load(header.read_text()) or {}).get("roofline") or {}

@@ -38,16 +38,23 @@ LATENCY_METRICS = ("prefill_ms", "decode_ms_per_token", "peak_mem_mb")
 # --- configuration ----------------------------------------------------------------------------
 
 
+def latency_target(metric: str) -> tuple[str, str] | None:
+    """(target, device) of a latency metric: `decode_ms_per_token` -> (.., ""), and with several
+    latency models `decode_ms_per_token@ov` -> (.., "ov"); None for any other metric."""
+    target, _, device = metric.partition("@")
+    return (target, device) if target in LATENCY_METRICS else None
+
+
 @dataclass(frozen=True)
 class Objective:
-    metric: str  # "<task>.<metric>" | params | size_mb | prefill_ms | decode_ms_per_token | peak_mem_mb
+    metric: str  # "<task>.<metric>" | params | size_mb | prefill_ms | decode_ms_per_token | peak_mem_mb (@device)
     goal: str = "min"  # min | max
 
     @property
     def kind(self) -> str:
         if self.metric in COST_METRICS:
             return "cost"
-        if self.metric in LATENCY_METRICS:
+        if latency_target(self.metric):
             return "latency"
         return "accuracy"
 
@@ -79,7 +86,7 @@ class RunConfig:
     limit: int | None = 100
     ppl_windows: int = 2
     ppl_window: int = 512
-    latency_model: str | None = None
+    latency_model: str | dict[str, str] | None = None  # a folder, or {device name: folder} for several
     latency: dict[str, int] = field(default_factory=lambda: {"prefill": 128, "decode": 32, "batch": 1})
     linas: LinasConfig = field(default_factory=LinasConfig)
     algorithm: str = "linas"  # linas | nsga2 (real evaluations only) | random
@@ -123,8 +130,24 @@ class RunConfig:
             if o.kind == "latency" and not self.latency_model:
                 raise HwnasUserError(f"{source}: objective {o.metric} needs latency_model: a folder written by "
                                      "`hwnas latency fit`")
+        devices = self.latency_sources()
+        for metric in [o.metric for o in self.objectives] + list(self.budgets):
+            lt = latency_target(metric)
+            if lt and devices and lt[1] not in devices:
+                names = ", ".join(f"{lt[0]}@{d}" if d else lt[0] for d in devices)
+                raise HwnasUserError(f"{source}: {metric} names no latency model of this run; use one of {names}")
         if self.algorithm not in ("linas", "nsga2", "random"):
             raise HwnasUserError(f"{source}: algorithm must be linas, nsga2 or random")
+
+    def latency_sources(self) -> dict[str, str]:
+        """Device name -> latency model folder ("" for the single unnamed one)."""
+        if not self.latency_model:
+            return {}
+        if isinstance(self.latency_model, str):
+            return {"": self.latency_model}
+        if not all(isinstance(k, str) and k and "@" not in k for k in self.latency_model):
+            raise HwnasUserError("latency_model: name each device with a non-empty name without '@'")
+        return {str(k): str(v) for k, v in self.latency_model.items()}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -338,11 +361,9 @@ class Search:
             self.space = self.sn.default_space()
         self.encoding = Encoding(self.space, self.sn.order.layer_scores if self.sn.order else None)
         self.costs = CostModel(self.sn.model.config)
-        self.latency = None
-        if cfg.latency_model:
-            from .latency import LatencyModel  # issue: latency model
+        from .latency import LatencyModel  # issue: latency model
 
-            self.latency = LatencyModel.load(cfg.latency_model)
+        self.latencies = {name: LatencyModel.load(folder) for name, folder in cfg.latency_sources().items()}
         if evaluator is None:
             from .evaluate.evaluator import Evaluator
 
@@ -365,12 +386,20 @@ class Search:
         return lc.initial + lc.rounds * lc.per_round
 
     def _latency_of(self, subnets: list[Subnet], every_target: bool = False) -> dict[str, np.ndarray]:
-        if self.latency is None:
-            return {}
+        """Predicted latency metrics (`target` or `target@device`): those the run optimizes or
+        budgets, or every target of every device."""
         lat = self.cfg.latency
-        wanted = [m for m in LATENCY_METRICS if m in {o.metric for o in self.cfg.objectives} | set(self.cfg.budgets)]
-        return self.latency.predict_subnets(subnets, prefill=lat["prefill"], decode=lat["decode"], batch=lat["batch"],
-                                            targets=None if every_target else (wanted or None))
+        needed = {o.metric for o in self.cfg.objectives} | set(self.cfg.budgets)
+        out: dict[str, np.ndarray] = {}
+        for name, lm in self.latencies.items():
+            suffix = f"@{name}" if name else ""
+            wanted = [t for t in LATENCY_METRICS if t + suffix in needed]
+            if not (every_target or wanted):
+                continue
+            pred = lm.predict_subnets(subnets, prefill=lat["prefill"], decode=lat["decode"], batch=lat["batch"],
+                                      targets=None if every_target else wanted)
+            out.update({t + suffix: v for t, v in pred.items()})
+        return out
 
     def objective_matrix(self, records: list[dict[str, Any]]) -> np.ndarray:
         """Minimisation matrix of the real evaluations (accuracy real, costs exact, latency predicted)."""
@@ -438,7 +467,9 @@ class Search:
             "latency_predicted": lat,
             "latency_measured": None,
             "predicted": predicted or {},
-            "device_profile": getattr(self.latency, "profile_id", None),
+            "device_profile": ({n or "default": lm.profile_id for n, lm in self.latencies.items()}
+                               if len(self.latencies) > 1 else
+                               next((lm.profile_id for lm in self.latencies.values()), None)),
             "seeds": {"run": self.cfg.seed, "eval": self.cfg.seed},
             "versions": {"hwnas": __version__, "torch": torch.__version__, "transformers": _version("transformers")},
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -658,7 +689,7 @@ def predicted_values(search: Search, predictors: dict[str, Any], x: np.ndarray, 
     values["params"] = params.astype(float)
     values["size_mb"] = params * search.costs.bytes_per_param / 1e6
     needed = {o.metric for o in search.cfg.objectives} | set(search.cfg.budgets)
-    if needed & set(LATENCY_METRICS):
+    if any(latency_target(m) for m in needed):
         values.update(search._latency_of(search.encoding.decode(x)))
     feats = None
     for metric, p in predictors.items():
@@ -691,5 +722,5 @@ def _version(pkg: str) -> str:
         return "absent"
 
 
-__all__ = ["Encoding", "LinasConfig", "Objective", "ResultsStore", "RunConfig", "Search", "SearchResult",
+__all__ = ["Encoding", "LinasConfig", "latency_target", "Objective", "ResultsStore", "RunConfig", "Search", "SearchResult",
            "hypervolume", "pareto_mask"]

@@ -77,3 +77,47 @@ def test_validate_reports_both_model_and_lut_sum(fitted):
     for t in ("prefill_ms", "decode_ms_per_token"):
         assert set(rep["per_target"][t]) == {"model", "lut_sum"}
         assert 0 <= rep["per_target"][t]["model"]["within_10pct"] <= 1
+
+
+def test_search_over_two_devices_at_once(fitted):
+    """Several latency models in one run: `target@device` objectives and budgets, one prediction
+    per device in every record, a plot per device metric, and a config naming an unknown device refused."""
+    from hwnas.errors import HwnasUserError
+    from hwnas.evaluate.evaluator import Evaluator
+    from hwnas.model import load_model
+    from hwnas.report import Run, write_report
+    from hwnas.search import LinasConfig, Objective, RunConfig, Search
+    from hwnas.supernet import Supernet
+
+    lm, _, tmp = fitted
+    model_dir = str(tmp / "tiny-model")
+    text = tmp / "text.txt"
+    text.write_text(" ".join(f"w{(i * 7) % 23}" for i in range(3000)))
+    task = f"text:{text}"
+    space_file = tmp / "space.yaml"
+    SPACE.save(space_file)
+    cfg = RunConfig(model=model_dir, space=str(space_file), tasks=[task],
+                    objectives=[Objective(f"{task}.ppl"), Objective("decode_ms_per_token@a"),
+                                Objective("prefill_ms@b")],
+                    budgets={"decode_ms_per_token@b": 1e9}, latency_model={"a": str(tmp / "lm"), "b": str(tmp / "lm")},
+                    latency={"prefill": 16, "decode": 4, "batch": 1},
+                    linas=LinasConfig(initial=6, rounds=1, per_round=3, inner_evaluations=300, population=20), seed=2)
+    loaded = load_model(model_dir)
+    ev = Evaluator(loaded.tokenizer, [task], ppl_windows=1, ppl_window=32)
+    Search(cfg, tmp / "two", supernet=Supernet(loaded), evaluator=ev).run()
+    run = Run.load(tmp / "two")
+    assert len(run.records) == 1 + 6 + 3
+    for r in run.records:
+        keys = set(r["latency_predicted"])
+        assert {"decode_ms_per_token@a", "prefill_ms@b", "decode_ms_per_token@b", "peak_mem_mb@a"} <= keys
+        assert r["latency_predicted"]["decode_ms_per_token@a"] == r["latency_predicted"]["decode_ms_per_token@b"]
+        assert set(r["device_profile"]) == {"a", "b"}
+    names = {p.name for p in write_report(tmp / "two")}
+    assert any("decode_ms_per_token_a" in n for n in names) and any("prefill_ms_b" in n for n in names)
+    bad = cfg.to_dict() | {"objectives": [{"metric": f"{task}.ppl"}, {"metric": "decode_ms_per_token@c"}],
+                           "budgets": {}}
+    with pytest.raises(HwnasUserError, match="names no latency model"):
+        RunConfig.from_dict({k: v for k, v in bad.items() if k != "version"})
+    plain = bad | {"objectives": [{"metric": f"{task}.ppl"}, {"metric": "decode_ms_per_token"}]}
+    with pytest.raises(HwnasUserError, match="decode_ms_per_token@a"):
+        RunConfig.from_dict({k: v for k, v in plain.items() if k != "version"})
