@@ -104,7 +104,7 @@ def main() -> None:
             print(f"  {name} {fmt}: {json.dumps(rows[-1])} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     base_decode = torch_ref["base"].decode_ms_per_token
-    print(f"\nSmolLM2-135M artifacts ({args.model}; searched = {sub.to_dict()})")
+    print(f"\nartifacts of {args.model} (searched = {sub.to_dict()})")
     print(f"decode speed-up is against the torch fp32 base ({base_decode} ms/token); roofline = bound / measured; "
           f"load at end {os.getloadavg()[0]:.2f}\n")
     print("| variant | format | size MB | prefill ms | decode ms/token | x torch fp32 base | peak MB | "
