@@ -76,9 +76,20 @@ def cmd_inner(args: argparse.Namespace, sn, evaluator) -> None:  # noqa: ANN001
               f"{s.cfg.objectives[1].metric}): median {np.median(times):.2f} s over 3 runs ({times})")
 
 
-def front_hv(search: Search, ideal: np.ndarray, nadir: np.ndarray) -> float:
-    recs = search.store.records
-    return hypervolume(search.objective_matrix(recs), ideal, nadir)
+def objectives(search: Search, recs: list[dict]) -> np.ndarray:
+    """(ppl, cost) of stored records, the cost re-predicted with the search's current latency model,
+    so runs stored under different versions of the latency model are scored alike."""
+    from hwnas.subnet import Subnet
+
+    f = search.objective_matrix(recs)
+    if search.latencies and recs:
+        subs = [Subnet(tuple(r["subnet"]["layers"]), tuple(r["subnet"]["mlp_widths"])) for r in recs]
+        f[:, 1] = search._latency_of(subs)[search.cfg.objectives[1].metric]
+    return f
+
+
+def front_hv(search: Search, ideal: np.ndarray, nadir: np.ndarray, recs: list[dict] | None = None) -> float:
+    return hypervolume(objectives(search, search.store.records if recs is None else recs), ideal, nadir)
 
 
 def cmd_compare(args: argparse.Namespace, sn, evaluator) -> None:  # noqa: ANN001
@@ -87,10 +98,16 @@ def cmd_compare(args: argparse.Namespace, sn, evaluator) -> None:  # noqa: ANN00
     if cache_file.is_file():
         cache.update(json.loads(cache_file.read_text()))
     t0 = time.perf_counter()
-    ref = make_search(args, "nsga2", 123, args.reference, sn, evaluator, cache, "reference")
-    ref.run()
-    cache_file.write_text(json.dumps(cache))
-    print(f"reference: NSGA-II with {args.reference} real evaluations ({time.perf_counter() - t0:.0f} s)")
+    ref_store = WORK / "reference" / "evaluations.jsonl"
+    if ref_store.is_file() and sum(1 for _ in ref_store.open()) >= args.reference + 1:  # finished earlier: reuse
+        ref = Search(config(args, "nsga2", 123, args.reference), WORK / "reference", supernet=sn, evaluator=evaluator,
+                     metrics_cache=cache)
+        print(f"reference: NSGA-II with {args.reference} real evaluations (reused from {ref_store})")
+    else:
+        ref = make_search(args, "nsga2", 123, args.reference, sn, evaluator, cache, "reference")
+        ref.run()
+        cache_file.write_text(json.dumps(cache))
+        print(f"reference: NSGA-II with {args.reference} real evaluations ({time.perf_counter() - t0:.0f} s)")
     runs = {}
     for algorithm in ("linas", "nsga2", "random"):
         for seed in range(3):
@@ -100,10 +117,10 @@ def cmd_compare(args: argparse.Namespace, sn, evaluator) -> None:  # noqa: ANN00
             runs[(algorithm, seed)] = s
             cache_file.write_text(json.dumps(cache))
             print(f"  {algorithm} seed {seed}: {s.spent} evaluations ({time.perf_counter() - t1:.0f} s)", flush=True)
-    all_f = np.concatenate([ref.objective_matrix(ref.store.records)]
-                           + [s.objective_matrix(s.store.records) for s in runs.values()])
+    all_f = np.concatenate([objectives(ref, ref.store.records)]
+                           + [objectives(s, s.store.records) for s in runs.values()])
     ideal, nadir = all_f.min(0), all_f.max(0)
-    ref_front = ref.objective_matrix(ref.store.records)
+    ref_front = objectives(ref, ref.store.records)
     ref_front = ref_front[pareto_mask(ref_front)]
     hv_ref = hypervolume(ref_front, ideal, nadir)
     print(f"\nhypervolume (normalised to the union's ideal/nadir; reference front {len(ref_front)} points: "
@@ -121,7 +138,7 @@ def cmd_compare(args: argparse.Namespace, sn, evaluator) -> None:  # noqa: ANN00
             s = runs[("linas", sd)]
             n = s.hv_history[i][0]
             recs = [r for r in s.store.records if r["index"] < n + 1]
-            vals.append(hypervolume(s.objective_matrix(recs), ideal, nadir))
+            vals.append(front_hv(s, ideal, nadir, recs))
         print(f"  after {runs[('linas', 0)].hv_history[i][0]:>4} evaluations: {100 * np.mean(vals) / hv_ref:.1f}% of ref")
 
 
