@@ -41,7 +41,7 @@ def config(args: argparse.Namespace, algorithm: str, seed: int, budget: int) -> 
     rounds = max(1, (budget - initial) // 50)
     return RunConfig(objectives=[Objective("wikitext2.ppl"), Objective(cost)], tasks=["wikitext2"],
                      ppl_windows=args.ppl_windows, ppl_window=args.ppl_window, latency_model=args.latency_model,
-                     linas=LinasConfig(initial=initial, rounds=rounds, per_round=50 if algorithm == "linas" else 50,
+                     linas=LinasConfig(initial=initial, rounds=rounds, per_round=50 if algorithm == "linas" else 0,
                                        inner_evaluations=args.inner, population=100),
                      algorithm=algorithm, seed=seed)
 
