@@ -23,6 +23,7 @@ from .search import (
     metric_value,
     pareto_mask,
 )
+from .subnet import Subnet
 
 MEASURED = "measured.jsonl"  # the front measured with `bench` (hwnas report --measure-front), one line each
 _RULE = re.compile(r"^\s*([\w.:/\-]+?)\s*(<=|>=|<|>)\s*(.+?)\s*$")
@@ -48,9 +49,7 @@ class Run:
         measured = _read_measured(run_dir / MEASURED)
         for r in records:  # the store is append-only: measurements made later are merged in on load
             for m in measured.get(_key(r["subnet"]), {}).values():
-                suffix = f"@{m['latency_device']}" if m.get("latency_device") else ""
-                r["latency_measured"] = {**(r.get("latency_measured") or {}),
-                                         **{t + suffix: m[t] for t in LATENCY_METRICS}}
+                _merge_measured(r, m)
         return cls(run_dir, cfg, records)
 
     @property
@@ -67,7 +66,13 @@ class Run:
 
 
 def _key(subnet: dict[str, Any]) -> str:
-    return json.dumps({"layers": list(subnet["layers"]), "mlp_widths": list(subnet["mlp_widths"])}, sort_keys=True)
+    return Subnet(tuple(subnet["layers"]), tuple(subnet["mlp_widths"])).key()
+
+
+def _merge_measured(rec: dict[str, Any], m: dict[str, Any]) -> None:
+    """Put one measured.jsonl line into a record's `latency_measured` (`target@device` with several devices)."""
+    suffix = f"@{m['latency_device']}" if m.get("latency_device") else ""
+    rec["latency_measured"] = {**(rec.get("latency_measured") or {}), **{t + suffix: m[t] for t in LATENCY_METRICS}}
 
 
 def _read_measured(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -109,8 +114,7 @@ def measure_front(run: Run, *, threads: int = 1, progress: Any = None) -> int:
         line = {"version": 1, "index": r["index"], **b.to_dict(), "latency_device": device, "subnet": r["subnet"]}
         with path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
-        suffix = f"@{device}" if device else ""
-        r["latency_measured"] = {**(r.get("latency_measured") or {}), **{t + suffix: line[t] for t in LATENCY_METRICS}}
+        _merge_measured(r, line)
     if progress:
         progress(len(todo), len(todo))
     return len(todo)
