@@ -225,46 +225,129 @@ class LatencyModel:
 # --- measuring and fitting --------------------------------------------------------------------
 
 
-def check_same_device(profile: DeviceProfile) -> None:
-    """Measurements for a profile must come from the device it describes."""
-    from .fingerprint import fingerprint
+SPEED_TOLERANCE = 0.6  # a probe below 0.6x (or above 1/0.6x) of the profile's roofline: not the same device
+
+
+def check_same_device(profile: DeviceProfile, *, speed: bool = True) -> dict[str, Any] | None:
+    """Measurements for a profile must come from the device it describes.
+
+    The fingerprint's name (CPU model, cores) is not enough: cloud hosts of one instance type
+    differ (measured here: two sessions' 2-core "AMD EPYC" VMs streamed 37 and 14 GB/s), and a
+    busy machine measures slow. With `speed`, a short roofline probe (~2 s) is compared with the
+    one the profile recorded; far off, measuring is refused. Returns the probe's comparison."""
+    from .fingerprint import fingerprint, measure_roofline
 
     here = fingerprint(roofline=False).slug
     there = profile.header.get("device_slug")
     if there and here != there:
         raise LatencyModelError(f"the profile was recorded on '{there}' but this machine is '{here}': "
                                 "measure on that device, or profile this one with `hwnas profile`")
+    recorded = (profile.header.get("fingerprint") or {}).get("roofline") or {}
+    if not speed or not recorded.get("bandwidth_gbs") or not recorded.get("peak_gflops"):
+        return None
+    now = measure_roofline(threads=int(recorded.get("threads") or 1))
+    ratio = {k: round(now[k] / float(recorded[k]), 3) for k in ("bandwidth_gbs", "peak_gflops")}
+    if any(not SPEED_TOLERANCE <= r <= 1 / SPEED_TOLERANCE for r in ratio.values()):
+        raise LatencyModelError(
+            f"this machine does not run at the profile's speed: memory bandwidth {now['bandwidth_gbs']} GB/s "
+            f"and GEMM {now['peak_gflops']} GFLOP/s now, {recorded['bandwidth_gbs']} and {recorded['peak_gflops']} "
+            f"when the profile was recorded (x{ratio['bandwidth_gbs']}, x{ratio['peak_gflops']}). Another host "
+            "of the same type, or a busy machine: timings taken now would not match the profile's lookup "
+            "table. Profile this machine (`hwnas profile`), measure when it is idle, or pass "
+            "--skip-speed-check to measure anyway")
+    return {"recorded": {k: recorded[k] for k in ratio}, "now": {k: now[k] for k in ratio}, "ratio": ratio}
+
+
+def _read_rounds(path: Path, settings: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
+    """Measurements in a samples file, per sub-network key (one line per measurement round)."""
+    have: dict[str, list[dict[str, Any]]] = {}
+    if not path.is_file():
+        return have
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if rec.get("settings") != settings:
+            continue
+        key = Subnet(tuple(rec["subnet"]["layers"]), tuple(rec["subnet"]["mlp_widths"])).key()
+        have.setdefault(key, []).append(rec)
+    return have
+
+
+def combine_rounds(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One sample from its measurement rounds: the median of each target over the rounds (each round
+    a separate worker process at a different time); `round_values` keeps the single rounds."""
+    out = dict(recs[0])
+    out.pop("round", None)
+    out["rounds"] = len(recs)
+    if len(recs) > 1:
+        out["round_values"] = {t: [float(r[t]) for r in recs] for t in TARGETS}
+        for t in TARGETS:
+            out[t] = round(float(np.median(out["round_values"][t])), 3)
+        out["load"] = max(float(r.get("load", 0.0)) for r in recs)
+    return out
 
 
 def measure_samples(path: Path, subnets: Sequence[Subnet], profile: DeviceProfile, *, prefill: int, decode: int,
-                    batch: int, progress: Callable[[int, int], None] | None = None,
+                    batch: int, rounds: int = 1, progress: Callable[[int, int], None] | None = None,
                     isolate: bool = True) -> list[dict[str, Any]]:
-    """Bench each sub-network (one worker process each) unless `path` (JSONL) already has it."""
+    """Bench each sub-network `rounds` times (one worker process each) unless `path` (JSONL, one line
+    per measurement) already has them; returns one combined record per sub-network.
+
+    Rounds are interleaved (every sub-network once, then every one again), so slow drift of the
+    machine (other tenants, frequency, a neighbour's job) spreads over all samples instead of
+    biasing the ones measured during it; the median over rounds also discards one-off outliers."""
     from .bench import bench_subnet
 
-    have = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            have[Subnet(tuple(rec["subnet"]["layers"]), tuple(rec["subnet"]["mlp_widths"])).key()] = rec
     settings = {"prefill": prefill, "decode": decode, "batch": batch}
-    out = []
-    for i, s in enumerate(subnets):
-        rec = have.get(s.key())
-        if rec is None or rec.get("settings") != settings:
+    have = _read_rounds(path, settings)
+    todo = sum(max(0, rounds - len(have.get(s.key(), []))) for s in subnets)
+    done = 0
+    for r in range(rounds):
+        for s in subnets:
+            got = have.setdefault(s.key(), [])
+            if len(got) > r:
+                continue
             res = bench_subnet(profile.header["model"], s.to_dict(), profile.backend, prefill=prefill, decode=decode,
                                batch=batch, threads=int(profile.header.get("threads", 1)),
                                config=profile.header.get("backend_config") or None, isolate=isolate)
-            rec = {"subnet": s.to_dict(), "settings": settings, **{k: v for k, v in res.to_dict().items()
-                                                                    if k != "subnet"}}
+            rec = {"subnet": s.to_dict(), "settings": settings, "round": len(got),
+                   **{k: v for k, v in res.to_dict().items() if k != "subnet"}}
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
-        out.append(rec)
-        if progress:
-            progress(i + 1, len(subnets))
+            got.append(rec)
+            done += 1
+            if progress:
+                progress(done, todo)
+    return [combine_rounds(have[s.key()][:max(rounds, 1)]) for s in subnets]
+
+
+def measured_sample(path: Path, subnet: Subnet, *, prefill: int = 128, decode: int = 32, batch: int = 1,
+                    threads: int | None = None) -> dict[str, Any] | None:
+    """The combined record of `subnet` in a samples file (all its rounds), or None if it was not measured."""
+    recs = _read_rounds(path, {"prefill": prefill, "decode": decode, "batch": batch}).get(subnet.key())
+    if not recs or (threads is not None and recs[0].get("threads") != threads):
+        return None
+    return combine_rounds(recs)
+
+
+def repeatability(recs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]] | None:
+    """The measurement noise floor: how well one round predicts another round of the same
+    sub-networks (round 1 as the 'prediction' of round 0), scored like a model. No predictor can
+    be expected to agree with a single measurement better than a re-measurement does."""
+    from scipy.stats import kendalltau
+
+    pairs = [r["round_values"] for r in recs if r.get("rounds", 1) > 1]
+    if len(pairs) < 3:
+        return None
+    out = {}
+    for t in TARGETS:
+        a = np.asarray([p[t][0] for p in pairs])
+        b = np.asarray([p[t][1] for p in pairs])
+        err = np.abs(b - a) / a
+        out[t] = {"within_5pct": float(np.mean(err <= 0.05)), "within_10pct": float(np.mean(err <= 0.10)),
+                  "mape": float(np.mean(err)), "kendall_tau": float(kendalltau(a, b).statistic), "n": len(pairs)}
     return out
 
 
@@ -327,9 +410,11 @@ def _cv_mape(x: np.ndarray, y_ms: np.ndarray, mode: str, seed: int, folds: int =
 
 
 def fit(profile_dir: str | Path, model: str, space: SearchSpace, out: str | Path, *, samples: int = 40,
-        prefill: int = 128, decode: int = 32, batch: int = 1, seed: int = 0,
-        progress: Callable[[int, int], None] | None = None, isolate: bool = True) -> LatencyModel:
-    """Measure `samples` sub-networks (resumable) and fit one regressor per target."""
+        prefill: int = 128, decode: int = 32, batch: int = 1, seed: int = 0, rounds: int = 1,
+        progress: Callable[[int, int], None] | None = None, isolate: bool = True,
+        speed_check: bool = True) -> LatencyModel:
+    """Measure `samples` sub-networks `rounds` times each (interleaved, resumable; the median is
+    the training target) and fit one regressor per target."""
     from . import __version__
     from .model import load_config
 
@@ -339,11 +424,11 @@ def fit(profile_dir: str | Path, model: str, space: SearchSpace, out: str | Path
     prof = DeviceProfile.load(profile_dir)
     if prof.header.get("model") != model:
         raise LatencyModelError(f"profile {profile_dir} was made for model '{prof.header.get('model')}', not '{model}'")
-    check_same_device(prof)
+    speed = check_same_device(prof, speed=speed_check)
     shape = Shape.of(load_config(model))
     subnets = sample_subnets(space, samples, seed)
     recs = measure_samples(out / "samples.jsonl", subnets, prof, prefill=prefill, decode=decode, batch=batch,
-                           progress=progress, isolate=isolate)
+                           rounds=rounds, progress=progress, isolate=isolate)
     fb = FeatureBuilder(prof, shape, space.mlp_widths)
     keep, widths = subnet_arrays(subnets, shape.num_layers)
     import lightgbm as lgb
@@ -371,7 +456,8 @@ def fit(profile_dir: str | Path, model: str, space: SearchSpace, out: str | Path
         "backend": prof.backend, "device_slug": prof.header.get("device_slug"),
         "roofline": (prof.header.get("fingerprint") or {}).get("roofline"),
         "features": list(FEATURES), "targets": targets, "samples": len(recs),
-        "bench": {"prefill": prefill, "decode": decode, "batch": batch, "threads": prof.header.get("threads", 1)},
+        "bench": {"prefill": prefill, "decode": decode, "batch": batch, "threads": prof.header.get("threads", 1),
+                  "rounds": rounds, "speed_check": speed},
         "versions": {"hwnas": __version__, "lightgbm": lgb.__version__}, "seed": seed,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -379,12 +465,15 @@ def fit(profile_dir: str | Path, model: str, space: SearchSpace, out: str | Path
     return LatencyModel.load(out)
 
 
-def validate(lm: LatencyModel, space: SearchSpace, n: int = 30, seed: int = 1000,
-             progress: Callable[[int, int], None] | None = None, isolate: bool = True) -> dict[str, Any]:
-    """Measure `n` fresh sub-networks never trained on and score the model and the plain LUT sum."""
+def validate(lm: LatencyModel, space: SearchSpace, n: int = 30, seed: int = 1000, rounds: int | None = None,
+             progress: Callable[[int, int], None] | None = None, isolate: bool = True,
+             speed_check: bool = True) -> dict[str, Any]:
+    """Measure `n` fresh sub-networks never trained on (`rounds` times each, default: as many as the
+    fit used) and score the model and the plain LUT sum against the median; with two or more rounds
+    also the measurement's own repeatability (round vs round), the ceiling for any predictor."""
     from scipy.stats import kendalltau
 
-    check_same_device(lm.profile)
+    speed = check_same_device(lm.profile, speed=speed_check)
     trained = set()
     samples = lm.folder / "samples.jsonl"
     if samples.is_file():
@@ -393,11 +482,13 @@ def validate(lm: LatencyModel, space: SearchSpace, n: int = 30, seed: int = 1000
             trained.add(Subnet(tuple(rec["subnet"]["layers"]), tuple(rec["subnet"]["mlp_widths"])).key())
     subnets = sample_subnets(space, n, seed, exclude=trained, extremes=False)
     b = lm.header["bench"]
+    rounds = rounds or int(b.get("rounds", 1))
     recs = measure_samples(lm.folder / "validation.jsonl", subnets, lm.profile, prefill=b["prefill"],
-                           decode=b["decode"], batch=b["batch"], progress=progress, isolate=isolate)
+                           decode=b["decode"], batch=b["batch"], rounds=rounds, progress=progress, isolate=isolate)
     pred = lm.predict_subnets(subnets, prefill=b["prefill"], decode=b["decode"], batch=b["batch"])
     base = lm.lut_sums(subnets, prefill=b["prefill"], decode=b["decode"], batch=b["batch"])
-    report: dict[str, Any] = {"n": len(subnets), "backend": lm.header["backend"], "per_target": {}}
+    report: dict[str, Any] = {"n": len(subnets), "backend": lm.header["backend"], "rounds": rounds,
+                              "per_target": {}, "repeatability": repeatability(recs), "speed_check": speed}
     for t in TARGETS:
         y = np.asarray([float(r[t]) for r in recs])
         rows = {"model": pred[t]}

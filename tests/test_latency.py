@@ -70,6 +70,21 @@ def test_refuses_another_profile_or_device(fitted):
         check_same_device(prof)
 
 
+def test_refuses_a_machine_slower_than_its_profile(fitted, monkeypatch):
+    """Same fingerprint name, another speed (another host of the type, or a busy machine): refused."""
+    from hwnas import fingerprint
+
+    lm, _, _ = fitted
+    recorded = lm.profile.header["fingerprint"]["roofline"]
+    monkeypatch.setattr(fingerprint, "measure_roofline", lambda threads=1: {
+        "bandwidth_gbs": recorded["bandwidth_gbs"] * 0.4, "peak_gflops": recorded["peak_gflops"], "threads": 1})
+    with pytest.raises(LatencyModelError, match="profile's speed"):
+        check_same_device(lm.profile)
+    assert check_same_device(lm.profile, speed=False) is None
+    monkeypatch.setattr(fingerprint, "measure_roofline", lambda threads=1: {**recorded, "threads": 1})
+    assert check_same_device(lm.profile)["ratio"] == {"bandwidth_gbs": 1.0, "peak_gflops": 1.0}
+
+
 def test_validate_reports_both_model_and_lut_sum(fitted):
     lm, _, _ = fitted
     rep = validate(lm, SPACE, n=6, isolate=False)
@@ -77,6 +92,43 @@ def test_validate_reports_both_model_and_lut_sum(fitted):
     for t in ("prefill_ms", "decode_ms_per_token"):
         assert set(rep["per_target"][t]) == {"model", "lut_sum"}
         assert 0 <= rep["per_target"][t]["model"]["within_10pct"] <= 1
+
+
+def test_rounds_interleave_take_the_median_and_resume(fitted, tmp_path, monkeypatch):
+    """Each sample measured `rounds` times, every sub-network once per round (interleaved), stored one
+    line per measurement; the combined record is the median; a rerun with more rounds measures only
+    the missing ones; two rounds give the round-to-round repeatability."""
+    import json
+
+    from hwnas import bench
+    from hwnas.latency import measure_samples, repeatability
+
+    lm, _, _ = fitted
+    subs = sample_subnets(SPACE, 4, seed=3, extremes=False)
+    calls = []
+
+    def fake(model, subnet, backend, **kw):
+        calls.append(subnet["mlp_widths"])
+        k = len(calls)
+        return bench.BenchResult(backend=backend, prefill_ms=10.0 + k, decode_ms_per_token=1.0 + k,
+                                 peak_mem_mb=100.0, repeats=3, cv_prefill=0.0, cv_decode=0.0, device="cpu")
+
+    monkeypatch.setattr(bench, "bench_subnet", fake)
+    path = tmp_path / "s.jsonl"
+    recs = measure_samples(path, subs, lm.profile, prefill=16, decode=4, batch=1, rounds=2)
+    assert calls == [list(s.mlp_widths) for s in subs] * 2  # round-robin, not 2 in a row per sub-network
+    assert [r["rounds"] for r in recs] == [2] * 4
+    assert recs[0]["prefill_ms"] == 13.0 and recs[0]["round_values"]["prefill_ms"] == [11.0, 15.0]
+    assert len(path.read_text().splitlines()) == 8
+    rep = repeatability(recs)
+    assert rep["prefill_ms"]["n"] == 4 and rep["prefill_ms"]["kendall_tau"] == 1.0
+    calls.clear()
+    recs = measure_samples(path, subs, lm.profile, prefill=16, decode=4, batch=1, rounds=3)
+    assert len(calls) == 4 and [r["rounds"] for r in recs] == [3] * 4
+    assert recs[1]["round_values"]["prefill_ms"] == [12.0, 16.0, 12.0] and recs[1]["prefill_ms"] == 12.0
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert sorted({x["round"] for x in lines}) == [0, 1, 2]
+    assert repeatability([{**r, "rounds": 1} for r in recs]) is None  # one round: no noise floor
 
 
 def test_search_over_two_devices_at_once(fitted):

@@ -74,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if (lm_dir / "latency_model.yaml").is_file():
         lm = LatencyModel.load(lm_dir)
     else:
-        lm = fit(prof_dir, args.model, space, lm_dir, samples=args.latency_samples,
+        # the profile was taken by this run a moment ago: no speed probe (a demo should not stop
+        # because a browser was busy); `hwnas latency fit` on its own does check
+        lm = fit(prof_dir, args.model, space, lm_dir, samples=args.latency_samples, speed_check=False,
                  progress=progress_printer("measuring sub-networks"))
     timings["latency"] = time.perf_counter() - t
 
@@ -166,12 +168,11 @@ def _fit_sample(lm_dir: Path, subnet: dict, threads: int):  # noqa: ANN202
     same bench path and settings, so the demo does not measure it twice."""
     from types import SimpleNamespace
 
-    samples = lm_dir / "samples.jsonl"
-    if not samples.is_file():
+    from ..latency import measured_sample
+    from ..subnet import Subnet
+
+    rec = measured_sample(lm_dir / "samples.jsonl", Subnet(tuple(subnet["layers"]), tuple(subnet["mlp_widths"])),
+                          threads=threads)
+    if rec is None:
         return None
-    for line in samples.read_text().splitlines():
-        rec = json.loads(line)
-        if rec["subnet"] == subnet and rec.get("threads") == threads and rec["settings"] == \
-                {"prefill": 128, "decode": 32, "batch": 1}:
-            return SimpleNamespace(**{k: rec[k] for k in ("prefill_ms", "decode_ms_per_token", "peak_mem_mb")})
-    return None
+    return SimpleNamespace(**{k: rec[k] for k in ("prefill_ms", "decode_ms_per_token", "peak_mem_mb")})

@@ -22,7 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--decode", type=int, default=32)
     f.add_argument("--batch", type=int, default=1)
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--rounds", type=int, default=1,
+                   help="measure each sample this many times, interleaved, and train on the median")
     f.add_argument("--out", required=True, help="latency model folder")
+    f.add_argument("--skip-speed-check", action="store_true",
+                   help="measure even if a roofline probe says this machine is not as fast as the profile's")
     pr = sub.add_parser("predict", help="predict what `hwnas bench` would measure")
     pr.add_argument("--latency-model", required=True)
     pr.add_argument("--profile", default=None, help="the device profile, if it moved since fitting")
@@ -37,6 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_space_argument(v)
     v.add_argument("--n", type=int, default=30)
     v.add_argument("--seed", type=int, default=1000)
+    v.add_argument("--rounds", type=int, default=None,
+                   help="measurements per held-out sub-network, interleaved (default: as the fit); "
+                        ">= 2 also prints the round-to-round repeatability")
+    v.add_argument("--skip-speed-check", action="store_true",
+                   help="measure even if a roofline probe says this machine is not as fast as the profile's")
     v.add_argument("--json", action="store_true")
 
 
@@ -57,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
         space = _space(args, model)
         t0 = time.perf_counter()
         lm = fit(args.profile, model, space, args.out, samples=args.samples, prefill=args.prefill,
-                 decode=args.decode, batch=args.batch, seed=args.seed,
-                 progress=progress_printer("measuring sub-networks"))
+                 decode=args.decode, batch=args.batch, seed=args.seed, rounds=args.rounds,
+                 speed_check=not args.skip_speed_check, progress=progress_printer("measuring sub-networks"))
         modes = {t: v["mode"] for t, v in lm.header["targets"].items()}
         info(f"wrote {args.out}: {lm.header['samples']} samples, targets {modes} ({time.perf_counter() - t0:.0f} s)")
         return 0
@@ -77,14 +86,20 @@ def run(args: argparse.Namespace) -> int:
             print(", ".join(f"{k} {v}" for k, v in out.items()))
         return 0
     space = _space(args, lm.header["model"])
-    rep = validate(lm, space, n=args.n, seed=args.seed, progress=progress_printer("measuring held-out sub-networks"))
+    rep = validate(lm, space, n=args.n, seed=args.seed, rounds=args.rounds,
+                   speed_check=not args.skip_speed_check, progress=progress_printer("measuring held-out sub-networks"))
     if args.json:
         emit_json(rep)
         return 0
-    print(f"{rep['n']} held-out sub-networks on {rep['backend']}:")
+    print(f"{rep['n']} held-out sub-networks on {rep['backend']} (median of {rep['rounds']} round(s) each):")
     print(f"{'target':22} {'predictor':9} {'±5%':>6} {'±10%':>6} {'MAPE':>7} {'tau':>6}")
     for t, stats in rep["per_target"].items():
         for name, s in stats.items():
             print(f"{t:22} {name:9} {s['within_5pct']:6.0%} {s['within_10pct']:6.0%} {s['mape']:7.2%} "
+                  f"{s['kendall_tau']:6.3f}")
+    if rep["repeatability"]:
+        print("repeatability (round 2 vs round 1 of the same sub-networks; the noise floor):")
+        for t, s in rep["repeatability"].items():
+            print(f"{t:22} {'re-meas.':9} {s['within_5pct']:6.0%} {s['within_10pct']:6.0%} {s['mape']:7.2%} "
                   f"{s['kendall_tau']:6.3f}")
     return 0
