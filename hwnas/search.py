@@ -501,8 +501,11 @@ class Search:
         tries = 0
         while len(out) < n and tries < 100 * n:
             tries += 1
-            x = self.encoding.repair(np.array([rng.randint(0, int(u)) for u in self.encoding.xu]))
-            s = self.encoding.decode(x)[0]
+            # the space's own sampler: uniform depth, then layers and widths. Uniform random genes
+            # keep each droppable layer with p=1/2 and repair to the minimum depth, so nearly every
+            # random sub-network had the minimum depth (seen in a real run: round 0 all depth 24)
+            d = self.encoding.space.sample(rng)
+            s = self.encoding.decode(self.encoding.encode(Subnet(tuple(d["layers"]), tuple(d["mlp_widths"]))))[0]
             if s.key() not in taken:
                 taken.add(s.key())
                 out.append(s)

@@ -47,6 +47,19 @@ def test_encoding_round_trip_and_repair():
     assert np.allclose(feats, subnet_features([s], SPACE))
 
 
+def test_random_candidates_cover_every_depth(tiny_llama, tmp_path, text_task):
+    """Round 0 / the random baseline sample the space uniformly in depth (uniform genes + repair
+    gave almost only the minimum depth)."""
+    import random
+
+    search = make_search(tiny_llama, tmp_path, text_task)
+    subs = search._random_new(40, random.Random(0), set())
+    depths = [s.depth for s in subs]
+    assert len(subs) == 40 and len({s.key() for s in subs}) == 40
+    assert set(depths) == set(SPACE.allowed_depths) and min(depths.count(d) for d in set(depths)) >= 5
+    assert all(search.encoding.decode(search.encoding.encode(s))[0] == s for s in subs)
+
+
 def test_linas_runs_dedups_and_records_named_fields(tiny_llama, tmp_path, text_task):
     search = make_search(tiny_llama, tmp_path, text_task)
     res = search.run()
