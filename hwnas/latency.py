@@ -474,14 +474,9 @@ def validate(lm: LatencyModel, space: SearchSpace, n: int = 30, seed: int = 1000
     from scipy.stats import kendalltau
 
     speed = check_same_device(lm.profile, speed=speed_check)
-    trained = set()
-    samples = lm.folder / "samples.jsonl"
-    if samples.is_file():
-        for line in samples.read_text().splitlines():
-            rec = json.loads(line)
-            trained.add(Subnet(tuple(rec["subnet"]["layers"]), tuple(rec["subnet"]["mlp_widths"])).key())
-    subnets = sample_subnets(space, n, seed, exclude=trained, extremes=False)
     b = lm.header["bench"]
+    trained = set(_read_rounds(lm.folder / "samples.jsonl", {k: b[k] for k in ("prefill", "decode", "batch")}))
+    subnets = sample_subnets(space, n, seed, exclude=trained, extremes=False)
     rounds = rounds or int(b.get("rounds", 1))
     recs = measure_samples(lm.folder / "validation.jsonl", subnets, lm.profile, prefill=b["prefill"],
                            decode=b["decode"], batch=b["batch"], rounds=rounds, progress=progress, isolate=isolate)

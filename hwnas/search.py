@@ -505,7 +505,7 @@ class Search:
             # keep each droppable layer with p=1/2 and repair to the minimum depth, so nearly every
             # random sub-network had the minimum depth (seen in a real run: round 0 all depth 24)
             d = self.encoding.space.sample(rng)
-            s = self.encoding.decode(self.encoding.encode(Subnet(tuple(d["layers"]), tuple(d["mlp_widths"]))))[0]
+            s = Subnet(tuple(d["layers"]), tuple(d["mlp_widths"]))
             if s.key() not in taken:
                 taken.add(s.key())
                 out.append(s)
