@@ -332,12 +332,29 @@ def measured_sample(path: Path, subnet: Subnet, *, prefill: int = 128, decode: i
     return combine_rounds(recs)
 
 
+def prediction_scores(pred: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    """Share within ±5 % / ±10 % of the measurement, MAPE and Kendall tau of `pred` against `measured`."""
+    from scipy.stats import kendalltau
+
+    err = np.abs(np.asarray(pred) - measured) / measured
+    return {"within_5pct": float(np.mean(err <= 0.05)), "within_10pct": float(np.mean(err <= 0.10)),
+            "mape": float(np.mean(err)), "kendall_tau": float(kendalltau(measured, pred).statistic)}
+
+
+def score_lines(per_target: dict[str, dict[str, dict]]) -> list[str]:
+    """The validate table: one line per target and predictor ("model", "lut_sum", "re-meas.")."""
+    lines = [f"{'target':22} {'predictor':9} {'±5%':>6} {'±10%':>6} {'MAPE':>7} {'tau':>6}"]
+    for t, stats in per_target.items():
+        for name, s in stats.items():
+            lines.append(f"{t:22} {name:9} {s['within_5pct']:6.0%} {s['within_10pct']:6.0%} {s['mape']:7.2%} "
+                         f"{s['kendall_tau']:6.3f}")
+    return lines
+
+
 def repeatability(recs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]] | None:
     """The measurement noise floor: how well one round predicts another round of the same
     sub-networks (round 1 as the 'prediction' of round 0), scored like a model. No predictor can
     be expected to agree with a single measurement better than a re-measurement does."""
-    from scipy.stats import kendalltau
-
     pairs = [r["round_values"] for r in recs if r.get("rounds", 1) > 1]
     if len(pairs) < 3:
         return None
@@ -345,9 +362,7 @@ def repeatability(recs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]
     for t in TARGETS:
         a = np.asarray([p[t][0] for p in pairs])
         b = np.asarray([p[t][1] for p in pairs])
-        err = np.abs(b - a) / a
-        out[t] = {"within_5pct": float(np.mean(err <= 0.05)), "within_10pct": float(np.mean(err <= 0.10)),
-                  "mape": float(np.mean(err)), "kendall_tau": float(kendalltau(a, b).statistic), "n": len(pairs)}
+        out[t] = {**prediction_scores(b, a), "n": len(pairs)}
     return out
 
 
@@ -471,8 +486,6 @@ def validate(lm: LatencyModel, space: SearchSpace, n: int = 30, seed: int = 1000
     """Measure `n` fresh sub-networks never trained on (`rounds` times each, default: as many as the
     fit used) and score the model and the plain LUT sum against the median; with two or more rounds
     also the measurement's own repeatability (round vs round), the ceiling for any predictor."""
-    from scipy.stats import kendalltau
-
     speed = check_same_device(lm.profile, speed=speed_check)
     b = lm.header["bench"]
     trained = set(_read_rounds(lm.folder / "samples.jsonl", {k: b[k] for k in ("prefill", "decode", "batch")}))
@@ -489,10 +502,5 @@ def validate(lm: LatencyModel, space: SearchSpace, n: int = 30, seed: int = 1000
         rows = {"model": pred[t]}
         if t in base:
             rows["lut_sum"] = base[t]
-        stats = {}
-        for name, p in rows.items():
-            err = np.abs(p - y) / y
-            stats[name] = {"within_5pct": float(np.mean(err <= 0.05)), "within_10pct": float(np.mean(err <= 0.10)),
-                           "mape": float(np.mean(err)), "kendall_tau": float(kendalltau(y, p).statistic)}
-        report["per_target"][t] = stats
+        report["per_target"][t] = {name: prediction_scores(p, y) for name, p in rows.items()}
     return report

@@ -173,3 +173,16 @@ def test_search_over_two_devices_at_once(fitted):
     plain = bad | {"objectives": [{"metric": f"{task}.ppl"}, {"metric": "decode_ms_per_token"}]}
     with pytest.raises(HwnasUserError, match="decode_ms_per_token@a"):
         RunConfig.from_dict({k: v for k, v in plain.items() if k != "version"})
+
+
+def test_prediction_scores_and_table():
+    from hwnas.latency import prediction_scores, score_lines
+
+    y = np.array([10.0, 20.0, 30.0, 40.0])
+    exact = prediction_scores(y.copy(), y)
+    assert exact == {"within_5pct": 1.0, "within_10pct": 1.0, "mape": 0.0, "kendall_tau": 1.0}
+    off = prediction_scores(np.array([10.4, 21.6, 30.0, 36.0]), y)  # errors 4 %, 8 %, 0 %, 10 %
+    assert off["within_5pct"] == 0.5 and off["within_10pct"] == 1.0
+    assert abs(off["mape"] - 0.055) < 1e-9
+    lines = score_lines({"prefill_ms": {"model": exact, "lut_sum": off}})
+    assert len(lines) == 3 and lines[2].split()[:4] == ["prefill_ms", "lut_sum", "50%", "100%"]

@@ -30,20 +30,13 @@ from hwnas.latency import (
     measure_samples,
     repeatability,
     sample_subnets,
+    score_lines,
     subnet_arrays,
     validate,
 )
 from hwnas.profile import DeviceProfile
 from hwnas.space import SearchSpace
 from hwnas.subnet import Subnet
-
-
-def _print_scores(rows: dict) -> None:
-    print(f"{'target':22} {'predictor':9} {'within 5%':>9} {'within 10%':>10} {'MAPE':>7} {'Kendall tau':>11}")
-    for t, stats in rows.items():
-        for name, s in stats.items():
-            print(f"{t:22} {name:9} {s['within_5pct']:>9.0%} {s['within_10pct']:>10.0%} {s['mape']:>7.2%} "
-                  f"{s['kendall_tau']:>11.3f}")
 
 
 def noise(args: argparse.Namespace, space: SearchSpace) -> None:
@@ -77,7 +70,7 @@ def noise(args: argparse.Namespace, space: SearchSpace) -> None:
     rep = repeatability(recs)
     if rep:
         print("round 2 as a prediction of round 1 (the noise floor):")
-        _print_scores({t: {"re-meas.": s} for t, s in rep.items()})
+        print("\n".join(score_lines({t: {"re-meas.": s} for t, s in rep.items()})))
 
 
 def main() -> None:
@@ -112,10 +105,10 @@ def main() -> None:
     print(f"{rep['n']} held-out sub-networks (never trained on), measured on {rep['backend']} "
           f"(prefill {h['bench']['prefill']} tokens, decode {h['bench']['decode']} tokens, batch {h['bench']['batch']}; "
           f"median of {rep['rounds']} round(s); speed check {rep['speed_check']}):")
-    _print_scores(rep["per_target"])
+    print("\n".join(score_lines(rep["per_target"])))
     if rep["repeatability"]:
         print("round 2 as a prediction of round 1 (the noise floor):")
-        _print_scores({t: {"re-meas.": s} for t, s in rep["repeatability"].items()})
+        print("\n".join(score_lines({t: {"re-meas.": s} for t, s in rep["repeatability"].items()})))
     subs = sample_subnets(space, 2000, seed=5, extremes=False)
     keep, widths = subnet_arrays(subs, 30)
     reps = max(1, args.throughput // len(subs))

@@ -58,7 +58,7 @@ def _space(args: argparse.Namespace, model: str):  # noqa: ANN202
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..latency import LatencyModel, fit, validate
+    from ..latency import LatencyModel, fit, score_lines, validate
     from ..profile import DeviceProfile
 
     if args.latency_cmd == "fit":
@@ -92,12 +92,7 @@ def run(args: argparse.Namespace) -> int:
         emit_json(rep)
         return 0
     print(f"{rep['n']} held-out sub-networks on {rep['backend']} (median of {rep['rounds']} round(s) each):")
-    print(f"{'target':22} {'predictor':9} {'±5%':>6} {'±10%':>6} {'MAPE':>7} {'tau':>6}")
-    for t, stats in rep["per_target"].items():
-        # re-meas.: round 2 as a prediction of round 1 of the same sub-networks (the noise floor)
-        if rep["repeatability"]:
-            stats = {**stats, "re-meas.": rep["repeatability"][t]}
-        for name, s in stats.items():
-            print(f"{t:22} {name:9} {s['within_5pct']:6.0%} {s['within_10pct']:6.0%} {s['mape']:7.2%} "
-                  f"{s['kendall_tau']:6.3f}")
+    rows = {t: {**stats, **({"re-meas.": rep["repeatability"][t]} if rep["repeatability"] else {})}
+            for t, stats in rep["per_target"].items()}  # re-meas.: round 2 predicting round 1 (the noise floor)
+    print("\n".join(score_lines(rows)))
     return 0
