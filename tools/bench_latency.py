@@ -39,6 +39,12 @@ from hwnas.space import SearchSpace
 from hwnas.subnet import Subnet
 
 
+def _print_noise_floor(rep: dict | None) -> None:
+    if rep:
+        print("round 2 as a prediction of round 1 (the noise floor):")
+        print("\n".join(score_lines({t: {"re-meas.": s} for t, s in rep.items()})))
+
+
 def noise(args: argparse.Namespace, space: SearchSpace) -> None:
     prof = DeviceProfile.load(args.noise)
     try:
@@ -66,9 +72,7 @@ def noise(args: argparse.Namespace, space: SearchSpace) -> None:
         if spreads:
             print(f"{t}: max/min over rounds - 1: median {np.median(spreads):.1%}, worst {max(spreads):.1%}")
     rep = repeatability(recs)
-    if rep:
-        print("round 2 as a prediction of round 1 (the noise floor):")
-        print("\n".join(score_lines({t: {"re-meas.": s} for t, s in rep.items()})))
+    _print_noise_floor(rep)
 
 
 def main() -> None:
@@ -105,9 +109,7 @@ def main() -> None:
           f"(prefill {h['bench']['prefill']} tokens, decode {h['bench']['decode']} tokens, batch {h['bench']['batch']}; "
           f"median of {rep['rounds']} round(s); speed check {rep['speed_check']}):")
     print("\n".join(score_lines(rep["per_target"])))
-    if rep["repeatability"]:
-        print("round 2 as a prediction of round 1 (the noise floor):")
-        print("\n".join(score_lines({t: {"re-meas.": s} for t, s in rep["repeatability"].items()})))
+    _print_noise_floor(rep["repeatability"])
     subs = sample_subnets(space, 2000, seed=5, extremes=False)
     keep, widths = subnet_arrays(subs, 30)
     reps = max(1, args.throughput // len(subs))
