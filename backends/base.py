@@ -27,6 +27,9 @@ import psutil
 ENTRY_POINT_GROUP = "hwnas.backends"
 
 
+_POSITIVE = {"threads", "repeats", "max_repeats"}  # other numeric options may be 0, none negative
+
+
 @dataclass
 class BackendConfig:
     """Options every backend shares; subclasses add their own fields."""
@@ -42,8 +45,27 @@ class BackendConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> BackendConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (data or {}).items() if k in names})
+        """Build the config from user-facing keys; an unknown key or a value of the wrong type is a
+        `BackendError` naming the fields there are (never silently dropped)."""
+        from hwnas.errors import BackendError
+
+        known = {f.name: f for f in fields(cls)}
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise BackendError(f"unknown option {unknown[0]!r} for this backend; its options are "
+                               f"{', '.join(sorted(known))}")
+        for k, v in data.items():
+            want = type(getattr(cls, k, None))
+            if want is type(None):
+                continue
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            ok = {bool: isinstance(v, bool), float: number, int: number and isinstance(v, int)}.get(want, isinstance(v, want))
+            if not ok:
+                raise BackendError(f"option {k}={v!r} must be of type {want.__name__}")
+            if want in (int, float) and (v < 0 or (k in _POSITIVE and v == 0)):
+                raise BackendError(f"option {k}={v!r} must be {'positive' if k in _POSITIVE else 'at least 0'}")
+        return cls(**data)
 
 
 @dataclass

@@ -100,18 +100,21 @@ def _release_freed_memory() -> None:
 
 
 def run_isolated(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: list[Task],
-                 timeout_s: float = 1800) -> WorkerResult:
+                 timeout_s: float = 1800, workdir: str | Path | None = None) -> WorkerResult:
     """Same as `run_tasks`, in a fresh `python -m hwnas_backends.worker` process (and, for a
-    backend that converts the graph, the conversion in one before it)."""
+    backend that converts the graph, the conversion in one before it). `workdir`: a folder that
+    already holds the backend's files (an exported artifact), so the measuring process only loads
+    and runs them and its peak RSS is the artifact's."""
     request = {"backend": backend, "config": config, "graph": spec.to_dict(),
-               "tasks": [t.__dict__ for t in tasks]}
+               "tasks": [t.__dict__ for t in tasks], "workdir": str(workdir) if workdir else None}
     env = dict(os.environ)
     threads = int(config.get("threads", 1))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     cls = backend_class(backend)
-    if cls.CONVERTS and tasks and not cls.has_artifacts(graph_cache_dir(spec), cls.CONFIG.from_dict(config)):
+    where = Path(workdir) if workdir else graph_cache_dir(spec)
+    if cls.CONVERTS and tasks and not cls.has_artifacts(where, cls.CONFIG.from_dict(config)):
         # convert in a process of its own, so the measuring one never held torch or exporter memory
         _call_worker({**request, "tasks": []}, env, timeout_s, backend)
     reply = _call_worker(request, env, timeout_s, backend)
@@ -149,7 +152,7 @@ def _main() -> int:
         import hwnas  # noqa: F401  (registers per-layer-width model classes)
 
         res = run_tasks(request["backend"], request["config"], GraphSpec.from_dict(request["graph"]),
-                        [Task(**t) for t in request["tasks"]])
+                        [Task(**t) for t in request["tasks"]], workdir=request.get("workdir"))
         reply = {"ok": True, "measurements": [m.to_dict() for m in res.measurements], "device": res.device,
                  "versions": res.versions, "prepare_s": res.prepare_s, "peak_mem_mb": res.peak_mem_mb}
     except HwnasUserError as exc:

@@ -26,6 +26,7 @@ import torch
 
 from .errors import HwnasUserError
 from .fileio import sha256_file, write_json
+from .outdir import LOCK, MARKER, TMP_MARKER, check_out, replace_dir
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -303,6 +304,18 @@ def heldout_tokens(tokenizer, n: int = 96, data_dir: str | Path | None = None) -
 # --- export -----------------------------------------------------------------------------------
 
 
+def is_unmarked_artifact(folder: Path) -> bool:
+    """An artifact written before folders carried hwnas's marker: its manifest lists every file it
+    holds (so replacing it deletes nothing hwnas did not write)."""
+    try:
+        m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        listed = set(m["files"]) | {MANIFEST}
+        held = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(m.get("format"), str) and held <= listed
+
+
 def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path | None = None,  # noqa: ANN001
            options: dict[str, Any] | None = None, measure: bool = True, threads: int = 1,
            latency_model: str | None = None, prefill: int = 128, decode: int = 32,
@@ -311,23 +324,34 @@ def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path |
     verify it against torch, measure it on its backend, and write `manifest.json`."""
     import importlib.util
 
-    from . import __version__
-    from .modeling import parameter_count
-
     if fmt_name not in FORMATS:
         raise ExportError(f"unknown format '{fmt_name}'; choose one of {', '.join(FORMATS)}")
     fmt = FORMATS[fmt_name]
     say = progress or (lambda _m: None)
     out = Path(out)
+    check_out(out, "export", legacy=is_unmarked_artifact)
     model = sn.materialize(subnet)
-    ctx = ExportContext(model, sn.base.tokenizer, out.with_name(f".{out.name}.tmp"), dict(options or {}))
+    ctx = ExportContext(model, sn.base.tokenizer, out, dict(options or {}))
     if fmt.check:  # device / shape requirements first: they say what to do instead
         fmt.check(ctx)
     missing = [m for m in fmt.requires if importlib.util.find_spec(m) is None]
     if missing:
         raise ExportError(f"format {fmt_name} needs {', '.join(missing)}: pip install it (see the README extras)")
-    shutil.rmtree(ctx.out, ignore_errors=True)
-    ctx.out.mkdir(parents=True)
+    with replace_dir(out, "export", legacy=is_unmarked_artifact) as tmp:
+        ctx.out = tmp
+        manifest = _write_artifact(sn, subnet, fmt, ctx, data_dir=data_dir, measure=measure, prefill=prefill,
+                                   decode=decode, threads=threads, latency_model=latency_model, say=say)
+    return manifest
+
+
+def _write_artifact(sn: Any, subnet: Any, fmt: Format, ctx: ExportContext, *, data_dir: Any, measure: bool,
+                    prefill: int, decode: int, threads: int, latency_model: Any,
+                    say: Callable[[str], None]) -> dict[str, Any]:
+    """Everything `export` puts in the (temporary) artifact folder `ctx.out`; returns the manifest."""
+    from . import __version__
+    from .modeling import parameter_count
+
+    model, fmt_name = ctx.model, fmt.name
     ids = heldout_tokens(sn.base.tokenizer, data_dir=data_dir)
     with torch.no_grad():  # before writing: a format may change the weights (pruning)
         ref = model(input_ids=torch.as_tensor(ids[None])).logits[0, :-1].float().numpy()
@@ -365,7 +389,8 @@ def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path |
         lm = LatencyModel.load(latency_model)
         predicted = {k: round(float(v[0]), 3) for k, v in
                      lm.predict_subnets([subnet], prefill=prefill, decode=decode).items()}
-    files = {p.relative_to(ctx.out).as_posix(): sha256_file(p) for p in sorted(ctx.out.rglob("*")) if p.is_file()}
+    files = {p.relative_to(ctx.out).as_posix(): sha256_file(p) for p in sorted(ctx.out.rglob("*"))
+             if p.is_file() and p.name != TMP_MARKER}
     manifest = {
         "version": MANIFEST_VERSION,
         "format": fmt_name,
@@ -391,9 +416,6 @@ def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path |
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(ctx.out / MANIFEST, manifest)
-    if out.exists():
-        shutil.rmtree(out)
-    ctx.out.rename(out)
     return manifest
 
 
@@ -419,13 +441,15 @@ def _versions(fmt: Format) -> dict[str, str]:
 
 def measure_artifact(folder: Path, fmt: Format, *, prefill: int = 128, decode: int = 32,
                      threads: int = 1) -> dict[str, Any]:
-    """Prefill / decode / peak memory of the artifact's own files on its backend."""
+    """Prefill / decode / peak memory of the artifact's own files on its backend, in a clean worker
+    process that only loads and runs the artifact (so the peak RSS is the artifact's, not the
+    exporting process's)."""
     from hwnas_backends.graphs import GraphSpec
-    from hwnas_backends.worker import Task, run_tasks
+    from hwnas_backends.worker import Task, run_isolated
 
     spec = GraphSpec("model", str(folder))
     tasks = [Task("prefill", tokens=prefill), Task("decode", context=prefill, steps=decode)]
-    res = run_tasks(fmt.backend, {"threads": threads, **fmt.backend_config}, spec, tasks, workdir=folder)
+    res = run_isolated(fmt.backend, {"threads": threads, **fmt.backend_config}, spec, tasks, workdir=folder)
     p, d = res.measurements
     return {"prefill_ms": round(p.median_ms, 3), "decode_ms_per_token": round(d.median_ms, 3),
             "peak_mem_mb": round(max(p.peak_mem_mb, d.peak_mem_mb, res.peak_mem_mb), 1),
@@ -441,9 +465,29 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise HwnasUserError(f"{folder} is not an hwnas artifact (no {MANIFEST})")
-    m = json.loads(path.read_text())
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HwnasUserError(f"{path}: not a readable JSON manifest ({type(exc).__name__})") from None
+    if not isinstance(m, dict):
+        raise HwnasUserError(f"{path}: the manifest must be a JSON object")
     if m.get("version") != MANIFEST_VERSION:
         raise HwnasUserError(f"{path}: manifest version {m.get('version')!r}; this hwnas reads {MANIFEST_VERSION}")
+    files = m.get("files")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise HwnasUserError(f"{path}: 'files' must map file names to sha256 digests")
+    root = Path(folder).resolve()
+    for name in files:
+        target = (root / name).resolve()
+        if Path(name).is_absolute() or (target != root and root not in target.parents) or target == root:
+            raise HwnasUserError(f"{path}: file {name!r} is outside the artifact folder; refusing to use it")
+    fmt = m.get("format")
+    if fmt not in FORMATS:
+        raise HwnasUserError(f"{path}: unknown format {fmt!r}; this hwnas knows {', '.join(FORMATS)}")
+    ver = m.get("verification")
+    if not (isinstance(ver, dict) and isinstance(ver.get("reference"), dict)
+            and all(k in ver["reference"] for k in ("tokens", "top5_index", "top5_logit"))):
+        raise HwnasUserError(f"{path}: 'verification.reference' (tokens, top5_index, top5_logit) is missing")
     return m
 
 
@@ -452,7 +496,8 @@ def verify(folder: str | Path, threads: int = 1) -> dict[str, Any]:
     folder = Path(folder)
     m = read_manifest(folder)
     bad = [f for f, h in m["files"].items() if not (folder / f).is_file() or sha256_file(folder / f) != h]
-    extra = [p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST and p.name not in m["files"]]
+    ours = {MANIFEST, MARKER, LOCK}
+    extra = [p.name for p in folder.iterdir() if p.is_file() and p.name not in ours and p.name not in m["files"]]
     report: dict[str, Any] = {"files_ok": not bad, "changed_or_missing": bad, "unexpected_files": extra}
     if bad:
         report["ok"] = False

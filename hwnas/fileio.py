@@ -48,3 +48,52 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of an append-only JSONL file hwnas writes (evaluations, samples, measurements,
+    loss logs). A line cut short by a kill mid-write, or anything that is not a JSON object, is
+    skipped: that record is redone by whoever resumes. A missing file reads as no records."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+    return out
+
+
+def append_jsonl(path: str | os.PathLike[str], rec: dict[str, Any]) -> None:
+    """Append one record as one line. A partial last line left by a killed writer is cut off first,
+    so the new record never fuses with it; the line is flushed and fsynced before returning."""
+    path = Path(path)
+    line = (json.dumps(rec, separators=(",", ":")) + "\n").encode("utf-8")
+    with open(path, "ab+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                f.seek(max(0, size - (1 << 20)))
+                tail = f.read()
+                cut = tail.rfind(b"\n")
+                f.truncate(size - len(tail) + cut + 1 if cut >= 0 else max(0, size - len(tail)))
+        f.seek(0, os.SEEK_END)
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_jsonl(path: str | os.PathLike[str], keep: Any) -> list[dict[str, Any]]:
+    """Atomically rewrite a JSONL file with only the records for which `keep(rec)` is true
+    (a resumed job drops what it logged after its last checkpoint); returns them."""
+    recs = [r for r in read_jsonl(path) if keep(r)]
+    write_text(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in recs))
+    return recs

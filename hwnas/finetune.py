@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -34,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from .data import find_data_file
 from .errors import HwnasUserError
-from .fileio import write_json, write_yaml
+from .fileio import append_jsonl, truncate_jsonl, write_json, write_yaml
 from .space import FINETUNE_RECORD, SearchSpace
 from .subnet import Subnet
 from .supernet import ORDER_MARKER, Supernet
@@ -183,8 +184,12 @@ def finetune(sn: Supernet, space: SearchSpace, cfg: FinetuneConfig, out: str | P
     """Fine-tune the super-network in place and write it to `out` (an HF folder usable as --model)."""
     if cfg.rule not in RULES:
         raise HwnasUserError(f"unknown rule '{cfg.rule}'; choose one of {RULES}")
-    out = Path(out)
+    from .outdir import check_out, claim_dir
+
+    out = check_out(out, "finetune", legacy=(FINETUNE_RECORD, "loss_log.jsonl", "checkpoint"))
     ckpt = out / "checkpoint"
+    if not (ckpt / "state.json").is_file() and (ckpt.with_name(ckpt.name + ".old") / "state.json").is_file():
+        ckpt = ckpt.with_name(ckpt.name + ".old")  # killed between the two renames of _checkpoint
     model = sn.model
     tok = sn.base.tokenizer
     stream = training_tokens(tok, cfg.data, data_dir)
@@ -210,7 +215,10 @@ def finetune(sn: Supernet, space: SearchSpace, cfg: FinetuneConfig, out: str | P
     smallest = smallest_subnet(space, sn.order.layer_scores if sn.order else None)
     full = sn.full_subnet()
     log_path = out / "loss_log.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, "finetune", legacy=(FINETUNE_RECORD, "loss_log.jsonl", "checkpoint"))
+    # steps logged after the checkpoint resumed from are trained again: drop their lines
+    truncate_jsonl(log_path, lambda rec: isinstance(rec.get("step"), int) and rec["step"] <= start)
+    ckpt = out / "checkpoint"
     model.train()
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
@@ -244,15 +252,15 @@ def finetune(sn: Supernet, space: SearchSpace, cfg: FinetuneConfig, out: str | P
         opt.step()
         sched.step()
         record["seconds"] = round(time.perf_counter() - t0, 3)
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(log_path, record)
         if progress:
             progress(step + 1, cfg.steps, record)
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             _checkpoint(model, opt, params, cfg, step + 1, ckpt)
     model.eval()
     _write_final(sn, cfg, out)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    for done in (ckpt, ckpt.with_name(ckpt.name + ".old")):
+        shutil.rmtree(done, ignore_errors=True)
     return out
 
 
@@ -271,8 +279,12 @@ def _checkpoint(model, opt, params, cfg: FinetuneConfig, step: int, ckpt: Path) 
     save_file(state, str(tmp / "model.safetensors"))
     _save_optimizer(opt, params, tmp)
     write_json(tmp / "state.json", {"version": 1, "step": step, "config": asdict(cfg)})
-    shutil.rmtree(ckpt, ignore_errors=True)
+    old = ckpt.with_name(ckpt.name + ".old")  # the previous checkpoint stays loadable until the new one is in place
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt.exists():
+        ckpt.rename(old)
     tmp.rename(ckpt)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_final(sn: Supernet, cfg: FinetuneConfig, out: Path) -> None:
@@ -280,8 +292,13 @@ def _write_final(sn: Supernet, cfg: FinetuneConfig, out: Path) -> None:
     from .supernet import ChannelOrder
 
     model = sn.model
-    model.save_pretrained(out)
-    sn.base.tokenizer.save_pretrained(out)
+    tmp = out / ".final.tmp"  # written whole, then moved in file by file (the record last)
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    sn.base.tokenizer.save_pretrained(tmp)
+    for f in sorted(tmp.iterdir()):
+        os.replace(f, out / f.name)
+    tmp.rmdir()
     order = sn.order
     save_order(ChannelOrder(mlp=[list(range(w)) for w in sn.base_widths],
                             layer_scores=order.layer_scores if order else None,

@@ -19,7 +19,6 @@ id, device, versions), one LightGBM text file per target, and the measured sampl
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import time
@@ -32,7 +31,7 @@ import numpy as np
 import yaml
 
 from .errors import HwnasUserError
-from .fileio import write_text, write_yaml
+from .fileio import append_jsonl, read_jsonl, write_text, write_yaml
 from .modeling import ParamCounter
 from .profile import HEADER_FILE, LUT_FILE, DeviceProfile
 from .space import SearchSpace
@@ -261,16 +260,10 @@ def check_same_device(profile: DeviceProfile, *, speed: bool = True) -> dict[str
 def _read_rounds(path: Path, settings: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
     """Measurements in a samples file, per sub-network key (one line per measurement round)."""
     have: dict[str, list[dict[str, Any]]] = {}
-    if not path.is_file():
-        return have
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
-            continue
+    for rec in read_jsonl(path):  # a line cut short by a kill is skipped (that round is redone)
         if rec.get("settings") != settings:
             continue
-        key = Subnet(tuple(rec["subnet"]["layers"]), tuple(rec["subnet"]["mlp_widths"])).key()
+        key = Subnet.from_dict(rec.get("subnet"), source=f"{path}: record").key()
         have.setdefault(key, []).append(rec)
     return have
 
@@ -314,8 +307,7 @@ def measure_samples(path: Path, subnets: Sequence[Subnet], profile: DeviceProfil
                                config=profile.header.get("backend_config") or None, isolate=isolate)
             rec = {"subnet": s.to_dict(), "settings": settings, "round": len(got),
                    **{k: v for k, v in res.to_dict().items() if k != "subnet"}}
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
+            append_jsonl(path, rec)
             got.append(rec)
             done += 1
             if progress:
@@ -383,7 +375,7 @@ def sample_subnets(space: SearchSpace, n: int, seed: int, exclude: set[str] | No
                 out.append(s)
     while len(out) < n:
         d = space.sample(rng)
-        s = Subnet(tuple(d["layers"]), tuple(d["mlp_widths"]))
+        s = Subnet.from_dict(d)
         if s.key() not in seen:
             seen.add(s.key())
             out.append(s)
@@ -432,9 +424,9 @@ def fit(profile_dir: str | Path, model: str, space: SearchSpace, out: str | Path
     the training target) and fit one regressor per target."""
     from . import __version__
     from .model import load_config
+    from .outdir import check_out, claim_dir
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out(out, "latency-model", legacy=("samples.jsonl",))
     profile_dir = Path(profile_dir)
     prof = DeviceProfile.load(profile_dir)
     if prof.header.get("model") != model:
@@ -442,6 +434,7 @@ def fit(profile_dir: str | Path, model: str, space: SearchSpace, out: str | Path
     speed = check_same_device(prof, speed=speed_check)
     shape = Shape.of(load_config(model))
     subnets = sample_subnets(space, samples, seed)
+    claim_dir(out, "latency-model", legacy=("samples.jsonl",))
     recs = measure_samples(out / "samples.jsonl", subnets, prof, prefill=prefill, decode=decode, batch=batch,
                            rounds=rounds, progress=progress, isolate=isolate)
     fb = FeatureBuilder(prof, shape, space.mlp_widths)

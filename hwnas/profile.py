@@ -210,6 +210,9 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
     if not ok:
         raise BackendError(f"backend {backend} is not available: {why}")
     identity = {"backend": backend, "model": model, "grid": grid.to_dict(), "threads": threads}
+    from .outdir import claim_dir
+
+    claim_dir(out, "profile", legacy=(HEADER_FILE,))
     if (out / HEADER_FILE).is_file():
         prof = DeviceProfile.load(out)
         old = {k: prof.header.get(k) for k in identity}

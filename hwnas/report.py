@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import HwnasUserError
-from .fileio import write_text
+from .fileio import append_jsonl, read_jsonl, write_text
 from .search import (
     COST_METRICS,
     LATENCY_METRICS,
@@ -66,7 +66,7 @@ class Run:
 
 
 def _key(subnet: dict[str, Any]) -> str:
-    return Subnet(tuple(subnet["layers"]), tuple(subnet["mlp_widths"])).key()
+    return Subnet.from_dict(subnet).key()
 
 
 def _merge_measured(rec: dict[str, Any], m: dict[str, Any]) -> None:
@@ -78,13 +78,9 @@ def _merge_measured(rec: dict[str, Any], m: dict[str, Any]) -> None:
 def _read_measured(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """subnet key -> device name ("" for a run's single latency model) -> measurement."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill: that measurement is redone
-                continue
-            out.setdefault(_key(rec["subnet"]), {})[rec.get("latency_device", "")] = rec
+    for rec in read_jsonl(path):  # a line cut by a kill is skipped: that measurement is redone
+        out.setdefault(Subnet.from_dict(rec.get("subnet"), source=f"{path}: record").key(),
+                       {})[rec.get("latency_device", "")] = rec
     return out
 
 
@@ -112,8 +108,7 @@ def measure_front(run: Run, *, threads: int = 1, progress: Any = None) -> int:
                          prefill=lat.get("prefill", 128), decode=lat.get("decode", 32), batch=lat.get("batch", 1),
                          threads=threads)
         line = {"version": 1, "index": r["index"], **b.to_dict(), "latency_device": device, "subnet": r["subnet"]}
-        with path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
+        append_jsonl(path, line)
         _merge_measured(r, line)
     if progress:
         progress(len(todo), len(todo))

@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 
 from .errors import HwnasUserError
-from .fileio import write_json, write_yaml
+from .fileio import append_jsonl, read_jsonl, write_json, write_yaml
 from .space import SearchSpace
 from .subnet import Subnet
 
@@ -232,6 +232,9 @@ class Encoding:
 # --- the results store ------------------------------------------------------------------------
 
 
+STORE_FILE = "evaluations.jsonl"
+
+
 class ResultsStore:
     """Append-only JSONL of real evaluations, one named-field record per line."""
 
@@ -239,18 +242,11 @@ class ResultsStore:
         self.path = Path(path)
         self.records: list[dict[str, Any]] = []
         self.keys: set[str] = set()
-        if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill mid-write; that evaluation is redone
-                self._add(rec)
+        for rec in read_jsonl(self.path):  # a line cut by a kill mid-write is skipped and redone
+            self._add(rec)
 
     def _add(self, rec: dict[str, Any]) -> None:
-        key = Subnet(tuple(rec["subnet"]["layers"]), tuple(rec["subnet"]["mlp_widths"])).key()
+        key = Subnet.from_dict(rec.get("subnet"), source=f"{self.path}: record").key()
         if key not in self.keys:
             self.keys.add(key)
             self.records.append(rec)
@@ -262,14 +258,11 @@ class ResultsStore:
         return len(self.records)
 
     def append(self, rec: dict[str, Any]) -> None:
-        line = json.dumps(rec, separators=(",", ":")) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
+        append_jsonl(self.path, rec)
         self._add(rec)
 
     def subnets(self) -> list[Subnet]:
-        return [Subnet(tuple(r["subnet"]["layers"]), tuple(r["subnet"]["mlp_widths"])) for r in self.records]
+        return [Subnet.from_dict(r["subnet"]) for r in self.records]
 
     def values(self, metric: str) -> np.ndarray:
         return np.asarray([metric_value(r, metric) for r in self.records], dtype=float)
@@ -347,11 +340,11 @@ class Search:
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, *, supernet=None, evaluator=None,  # noqa: ANN001
                  progress: ProgressFn | None = None, metrics_cache: dict[str, dict] | None = None) -> None:
+        from .outdir import claim_dir
         from .supernet import open_supernet
 
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = claim_dir(run_dir, "search", legacy=(STORE_FILE,))
         (self.run_dir / "rounds").mkdir(exist_ok=True)
         self.sn = supernet or open_supernet(cfg.model, channel_order=cfg.channel_order, data_dir=cfg.data)
         if cfg.space:
@@ -370,7 +363,7 @@ class Search:
             evaluator = Evaluator(self.sn.base.tokenizer, cfg.tasks, limit=cfg.limit, seed=cfg.seed,
                                   data_dir=cfg.data, ppl_windows=cfg.ppl_windows, ppl_window=cfg.ppl_window)
         self.evaluator = evaluator
-        self.store = ResultsStore(self.run_dir / "evaluations.jsonl")
+        self.store = ResultsStore(self.run_dir / STORE_FILE)
         self.progress = progress
         self.metrics_cache = metrics_cache  # subnet key -> metrics; shared by runs that compare algorithms
         self.hv_history: list[tuple[int, float]] = []
@@ -505,7 +498,7 @@ class Search:
             # keep each droppable layer with p=1/2 and repair to the minimum depth, so nearly every
             # random sub-network had the minimum depth (seen in a real run: round 0 all depth 24)
             d = self.encoding.space.sample(rng)
-            s = Subnet(tuple(d["layers"]), tuple(d["mlp_widths"]))
+            s = Subnet.from_dict(d)
             if s.key() not in taken:
                 taken.add(s.key())
                 out.append(s)
@@ -519,7 +512,7 @@ class Search:
         path = self._round_file(r)
         if path.is_file():
             data = json.loads(path.read_text())
-            return ([Subnet(tuple(c["layers"]), tuple(c["mlp_widths"])) for c in data["subnets"]],
+            return ([Subnet.from_dict(c) for c in data["subnets"]],
                     data.get("predicted", [{}] * len(data["subnets"])))
         rng = random.Random(self.cfg.seed * 1009 + r)
         lc = self.cfg.linas
@@ -583,7 +576,7 @@ class Search:
 
         fronts = NonDominatedSorting().do(f) if len(f) else []
         idx = [i for fr in fronts for i in fr][:size]
-        xs = [self.encoding.encode(Subnet(tuple(prior[i]["subnet"]["layers"]), tuple(prior[i]["subnet"]["mlp_widths"])))
+        xs = [self.encoding.encode(Subnet.from_dict(prior[i]["subnet"]))
               for i in idx]
         while len(xs) < size:
             xs.append(np.array([rng.randint(0, int(u)) for u in self.encoding.xu]))

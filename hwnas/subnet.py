@@ -96,7 +96,21 @@ class Subnet:
             raise SubnetError(f"sub-network file not found: {path}") from exc
         except json.JSONDecodeError as exc:
             raise SubnetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SubnetError(f"{path}: cannot read it as a JSON text file ({type(exc).__name__})") from exc
         return cls.parse(data, source=str(path), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "subnet") -> Subnet:
+        """The structural part of `parse` for sub-networks stored by hwnas itself (records of a run
+        or a latency model): lists of integers of equal length, no model needed."""
+        ok = (isinstance(data, dict) and isinstance(data.get("layers"), list)
+              and isinstance(data.get("mlp_widths"), list) and len(data["layers"]) == len(data["mlp_widths"])
+              and all(_is_int(x) for x in data["layers"] + data["mlp_widths"]))
+        if not ok:
+            raise SubnetError(f'{source}: not a sub-network (expected {{"layers": [...], "mlp_widths": [...]}} '
+                              "with integer lists of equal length)")
+        return cls(tuple(data["layers"]), tuple(data["mlp_widths"]))
 
 
 def _is_int(x: Any) -> bool:

@@ -8,8 +8,6 @@ leaves the base model's function unchanged. Computing a good order is `hwnas.imp
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -154,10 +152,16 @@ class Supernet:
 
     def save_subnet(self, subnet: Subnet, out_dir: str | Path, model: PreTrainedModel | None = None) -> Path:
         """Write an HF folder (safetensors, config, tokenizer, hwnas_subnet.json) atomically."""
+        from .outdir import check_out, replace_dir
+
         out = Path(out_dir)
+        check_out(out, "subnet")
         model = model if model is not None else self.materialize(subnet)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        with replace_dir(out, "subnet") as tmp:
+            self._write_subnet(subnet, model, tmp)
+        return out
+
+    def _write_subnet(self, subnet: Subnet, model: PreTrainedModel, tmp: Path) -> None:
         model.save_pretrained(tmp)
         self.base.tokenizer.save_pretrained(tmp)
         write_json(tmp / SUBNET_FILE, {
@@ -179,10 +183,6 @@ class Supernet:
                 method=self.order.method,
                 meta={**self.order.meta, "applied": True, "subnet_of": self.base.source_hash},
             ), tmp / ORDER_MARKER)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        return out
 
 
 

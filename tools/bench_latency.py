@@ -52,7 +52,7 @@ def noise(args: argparse.Namespace, space: SearchSpace) -> None:
     except LatencyModelError as exc:  # repeatability does not depend on the profile's speed: report, go on
         speed = str(exc).split(". Another host")[0]
     if args.subnets:
-        subs = [Subnet(tuple(d["layers"]), tuple(d["mlp_widths"])) for d in json.loads(open(args.subnets).read())]
+        subs = [Subnet.from_dict(d) for d in json.loads(open(args.subnets).read())]
     else:
         subs = sample_subnets(space, args.n, seed=args.seed, extremes=False)
     out = args.out or f"noise-{prof.backend}.jsonl"

@@ -83,7 +83,7 @@ def objectives(search: Search, recs: list[dict]) -> np.ndarray:
 
     f = search.objective_matrix(recs)
     if search.latencies and recs:
-        subs = [Subnet(tuple(r["subnet"]["layers"]), tuple(r["subnet"]["mlp_widths"])) for r in recs]
+        subs = [Subnet.from_dict(r["subnet"]) for r in recs]
         f[:, 1] = search._latency_of(subs)[search.cfg.objectives[1].metric]
     return f
 

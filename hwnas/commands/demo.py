@@ -36,19 +36,30 @@ def _stage(n: int, total: int, what: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..export import FORMATS, ExportError
+    from ..outdir import claim_dir, exclusive
+
+    t_start = time.perf_counter()
+    unknown = [f for f in args.formats.split(",") if f not in FORMATS]
+    if unknown:
+        raise ExportError(f"unknown format '{unknown[0]}' in --formats; choose from {', '.join(FORMATS)}")
+    out = claim_dir(args.out, "demo", legacy=("chosen_subnet.json", "profile", "latency", "run"))
+    with exclusive(out, "demo"):
+        return _demo(args, out, t_start)
+
+
+def _demo(args: argparse.Namespace, out: Path, t_start: float) -> int:
     from ..bench import bench_subnet
     from ..errors import HwnasUserError
     from ..evaluate import Evaluator
     from ..export import export
+    from ..fileio import write_text
     from ..latency import LatencyModel, fit
     from ..profile import OperatorGrid, grid_for, run_profile
     from ..report import Run, pick, write_report
     from ..search import LinasConfig, Objective, RunConfig, Search
     from ..supernet import open_supernet
 
-    t_start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     total = 7
     timings: dict[str, float] = {}
 
@@ -105,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         rec = pick(run_, rules, "decode_ms_per_token")
         info("      nothing met the first rule; relaxed to perplexity <= 2x base")
     chosen = sn.parse_subnet(rec["subnet"])
-    (out / "chosen_subnet.json").write_text(json.dumps(chosen.to_dict()) + "\n")
+    write_text(out / "chosen_subnet.json", json.dumps(chosen.to_dict()) + "\n")
     report_files = write_report(out / "run")
     timings["pick+report"] = time.perf_counter() - t
 
@@ -171,7 +182,7 @@ def _fit_sample(lm_dir: Path, subnet: dict, threads: int):  # noqa: ANN202
     from ..latency import measured_sample
     from ..subnet import Subnet
 
-    rec = measured_sample(lm_dir / "samples.jsonl", Subnet(tuple(subnet["layers"]), tuple(subnet["mlp_widths"])),
+    rec = measured_sample(lm_dir / "samples.jsonl", Subnet.from_dict(subnet),
                           threads=threads)
     if rec is None:
         return None

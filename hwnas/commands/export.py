@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--run", help="a search run folder (with --pick N: the evaluation with that index)")
     p.add_argument("--pick", type=int, default=None, help="index of the run's evaluation to export")
     p.add_argument("--format", required=True, help="artifact format (see `hwnas export --help`)")
-    p.add_argument("--out", required=True, help="artifact folder (replaced if it exists)")
+    p.add_argument("--out", required=True,
+                   help="artifact folder (new, empty, or an hwnas artifact: then replaced)")
     add_order_argument(p)
     p.add_argument("--group-size", type=int, default=64, help="openvino-int4 group size")
     p.add_argument("--latency-model", default=None, help="put this latency model's prediction beside the measurement")
@@ -28,12 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import HwnasUserError
-    from ..export import FORMATS, ExportError, export
+    from ..export import FORMATS, ExportError, export, is_unmarked_artifact
     from ..model import config_mlp_widths, load_config
+    from ..outdir import check_out
     from ..subnet import Subnet
 
     if args.format not in FORMATS:
         raise ExportError(f"unknown format '{args.format}'; choose one of {', '.join(FORMATS)}")
+    check_out(args.out, "export", legacy=is_unmarked_artifact)
     cfg = load_config(args.model)
     shape = {"num_layers": cfg.num_hidden_layers, "intermediate_size": config_mlp_widths(cfg)}
     if args.subnet:

@@ -46,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..finetune import FinetuneConfig, finetune
+    from ..outdir import check_out, exclusive
+    from ..space import FINETUNE_RECORD
 
+    check_out(args.out, "finetune", legacy=(FINETUNE_RECORD, "loss_log.jsonl", "checkpoint"))
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
@@ -66,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\r  step {step}/{total} {losses} ({rec['seconds']:.1f} s/step)   ",
               end="\n" if step == total else "", file=sys.stderr, flush=True)
 
-    out = finetune(sn, space, cfg, args.out, data_dir=args.data, progress=progress)
+    with exclusive(args.out, "finetune"):
+        out = finetune(sn, space, cfg, args.out, data_dir=args.data, progress=progress)
     info(f"wrote the fine-tuned super-network to {out} (loss log: {out}/loss_log.jsonl)")
     return 0

@@ -35,10 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..model import load_config
-    from ..profile import grid_for, run_profile
+    from ..outdir import check_out, exclusive
+    from ..profile import HEADER_FILE, grid_for, run_profile
     from . import resolve_space
     from .bench import parse_options
 
+    check_out(args.out, "profile", legacy=(HEADER_FILE,))
     config = load_config(args.model)
     space = resolve_space(args, config)
     grid = grid_for(config, space, prefill_tokens=args.prefill, decode_contexts=args.decode, batches=args.batch)
@@ -55,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
         def progress(done: int, total: int, what: str) -> None:
             bar.update(task, completed=done, description=what)
 
-        prof = run_profile(args.model, space, args.backend, args.out, grid=grid, config=options,
-                           isolate=not args.in_process, on_progress=progress)
+        with exclusive(args.out, "profile"):
+            prof = run_profile(args.model, space, args.backend, args.out, grid=grid, config=options,
+                               isolate=not args.in_process, on_progress=progress)
     wall = time.perf_counter() - t0
     summary = {"out": args.out, "backend": args.backend, "rows": len(prof.rows), "complete": prof.header["complete"],
                "flagged_rows": prof.header.get("flagged_rows", 0), "wall_s": round(wall, 1),

@@ -23,12 +23,21 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import HwnasUserError
-    from ..search import RunConfig, Search
+    from ..outdir import check_out, exclusive
+    from ..search import STORE_FILE, RunConfig
 
     cfg = RunConfig.load(args.config)
     run_dir = Path(args.run_dir or Path("runs") / (cfg.run_id or Path(args.config).stem))
-    if (run_dir / "evaluations.jsonl").is_file() and not args.resume:
+    check_out(run_dir, "search", legacy=(STORE_FILE,))
+    if (run_dir / STORE_FILE).is_file() and not args.resume:
         raise HwnasUserError(f"{run_dir} already holds a run: pass --resume to continue it, or another --run-dir")
+    with exclusive(run_dir, "search"):
+        return _search(args, cfg, run_dir)
+
+
+def _search(args: argparse.Namespace, cfg, run_dir) -> int:  # noqa: ANN001
+    from ..search import Search
+
     t0 = time.perf_counter()
 
     def progress(state: dict) -> None:

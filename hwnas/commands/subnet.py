@@ -22,7 +22,8 @@ HELP = "materialize a sub-network (--subnet JSON) as a standalone HF model folde
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     p.add_argument("--subnet", required=True, help='JSON file: {"layers": [...], "mlp_widths": [...]}')
-    p.add_argument("--out", required=True, help="output folder (replaced if it exists)")
+    p.add_argument("--out", required=True,
+                   help="output folder (new, empty, or written by hwnas subnet before: then replaced)")
     add_space_argument(p)
     add_order_argument(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -31,8 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..model import config_mlp_widths, load_config
     from ..modeling import parameter_count
+    from ..outdir import check_out
     from ..subnet import Subnet
 
+    check_out(args.out, "subnet")
     config = load_config(args.model)
     space = resolve_space(args, config) if args.space else None
     subnet = Subnet.load(args.subnet, num_layers=config.num_hidden_layers,
