@@ -27,6 +27,7 @@ import psutil
 ENTRY_POINT_GROUP = "hwnas.backends"
 
 
+LOAD_REASON = "load"
 _POSITIVE = {"threads", "repeats", "max_repeats"}  # other numeric options may be 0, none negative
 
 
@@ -42,6 +43,13 @@ class BackendConfig:
     min_sample_ms: float = 5.0  # short calls are looped until one sample lasts this long
     cv_threshold: float = 0.05  # robust CV above this: measure again; still above: flagged
     retries: int = 1
+    # Other processes' CPU use (cores) tolerated while timing. A bandwidth hog on another core
+    # moves the median without raising the CV, so load is checked on its own: above it, wait
+    # `load_wait_s` x attempt and measure again, up to `load_retries` times; still above: flagged
+    # with reason "load" (profile / latency fit / bench then refuse to use it; see LOAD_REASON).
+    max_load: float = 0.5
+    load_retries: int = 2
+    load_wait_s: float = 2.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> BackendConfig:
@@ -86,6 +94,8 @@ class Measurement:
     flagged: bool = False
     samples_ms: list[float] = field(default_factory=list, repr=False)
     cv_raw: float = 0.0  # stdev / mean, outliers included
+    flag_reason: str = ""  # "" | "noisy" (CV above the threshold) | "load" (other processes above max_load)
+    attempts: int = 1  # timing windows taken (re-measured when noisy or loaded)
 
     def to_dict(self, samples: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -349,10 +359,13 @@ class Backend:
 
     def _collect_measurement(self, phase: str, tokens: int, context: int, batch: int,
                              collect: Callable[[], list[float]]) -> Measurement:
-        """Run `collect` under memory and load sampling; re-measure once if too noisy, then flag."""
+        """Run `collect` under memory and load sampling; re-measure (bounded) when the samples were
+        too noisy or other processes were busy meanwhile, then flag what is still off."""
         cfg = self.config
         result = None
-        for _ in range(cfg.retries + 1):
+        noisy_left, load_left, attempts = cfg.retries, cfg.load_retries, 0
+        while True:
+            attempts += 1
             gc_was_enabled = gc.isenabled()
             gc.disable()  # as timeit does: a collection inside a sample is not the graph's time
             try:
@@ -362,11 +375,17 @@ class Backend:
                 if gc_was_enabled:
                     gc.enable()
             med, p90, cv, cv_raw = summarize(samples)
+            loaded, noisy = load.cores > cfg.max_load, cv > cfg.cv_threshold
             result = Measurement(phase, tokens, context, batch, med, p90, cv, len(samples), mem.peak_mb,
-                                 cfg.threads, round(load.cores, 3), cv > cfg.cv_threshold, samples, cv_raw)
-            if not result.flagged:
-                break
-        return result
+                                 cfg.threads, round(load.cores, 3), loaded or noisy, samples, cv_raw,
+                                 LOAD_REASON if loaded else ("noisy" if noisy else ""), attempts)
+            if loaded and load_left > 0:
+                load_left -= 1
+                time.sleep(cfg.load_wait_s * (cfg.load_retries - load_left))
+            elif noisy and not loaded and noisy_left > 0:
+                noisy_left -= 1
+            else:
+                return result
 
 
 def backend_names() -> list[str]:

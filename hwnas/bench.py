@@ -34,6 +34,7 @@ class BenchResult:
     threads: int = 1
     load: float = 0.0  # other processes' CPU use during timing, in cores
     flagged: bool = False
+    flag_reason: str = ""  # "load": other processes were busy through every retry (see BackendConfig.max_load)
     subnet: dict[str, list[int]] | None = None
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -67,4 +68,21 @@ def bench_subnet(model: str, subnet: dict[str, list[int]] | None, backend: str, 
         cv_prefill=round(p.cv, 4), cv_decode=round(d.cv, 4), device=res.device,
         prefill_p90_ms=round(p.p90_ms, 3), decode_p90_ms=round(d.p90_ms, 3), prefill_tokens=prefill,
         decode_tokens=decode, batch=batch, threads=threads, load=round(max(p.load, d.load), 3),
-        flagged=p.flagged or d.flagged, subnet=subnet, versions=res.versions)
+        flagged=p.flagged or d.flagged, flag_reason=_reason(p, d), subnet=subnet, versions=res.versions)
+
+
+def _reason(*ms: Any) -> str:
+    from hwnas_backends.base import LOAD_REASON
+
+    reasons = {m.flag_reason for m in ms if m.flagged}
+    return LOAD_REASON if LOAD_REASON in reasons else ("noisy" if reasons else "")
+
+
+def refuse_loaded(what: str, load: float, max_load: float) -> None:
+    """The one refusal for figures timed while other processes were busy (never stored silently)."""
+    from .errors import HwnasUserError
+
+    raise HwnasUserError(
+        f"{what} was timed while other processes used {load:.2f} CPU cores (more than max_load={max_load}), "
+        "through every retry: the figures would be skewed, so they are not used. Stop the other work "
+        "(or pin it away with taskset) and run again; --option max_load=N accepts a busier machine")

@@ -296,7 +296,7 @@ def measure_samples(path: Path, subnets: Sequence[Subnet], profile: DeviceProfil
     settings = {"prefill": prefill, "decode": decode, "batch": batch}
     have = _read_rounds(path, settings)
     todo = sum(max(0, rounds - len(have.get(s.key(), []))) for s in subnets)
-    done = 0
+    done, busy = 0, []
     for r in range(rounds):
         for s in subnets:
             got = have.setdefault(s.key(), [])
@@ -305,6 +305,9 @@ def measure_samples(path: Path, subnets: Sequence[Subnet], profile: DeviceProfil
             res = bench_subnet(profile.header["model"], s.to_dict(), profile.backend, prefill=prefill, decode=decode,
                                batch=batch, threads=int(profile.header.get("threads", 1)),
                                config=profile.header.get("backend_config") or None, isolate=isolate)
+            if res.flag_reason == "load":  # never stored: a resumed run measures it again
+                busy.append(res.load)
+                continue
             rec = {"subnet": s.to_dict(), "settings": settings, "round": len(got),
                    **{k: v for k, v in res.to_dict().items() if k != "subnet"}}
             append_jsonl(path, rec)
@@ -312,6 +315,14 @@ def measure_samples(path: Path, subnets: Sequence[Subnet], profile: DeviceProfil
             done += 1
             if progress:
                 progress(done, todo)
+    if busy:
+        from hwnas_backends.base import BackendConfig
+
+        from .bench import refuse_loaded
+
+        max_load = (profile.header.get("backend_config") or {}).get("max_load", BackendConfig.max_load)
+        refuse_loaded(f"{len(busy)} of {todo} sub-network measurement(s) (kept out of {path.name}; the rest are "
+                      "stored, so a re-run measures only these)", max(busy), max_load)
     return [combine_rounds(have[s.key()][:max(rounds, 1)]) for s in subnets]
 
 

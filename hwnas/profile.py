@@ -231,7 +231,12 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
                   "complete": False, "wall_s": 0.0}
         prof = DeviceProfile(header, [], out)
         prof.save(out)
-    done = {row_key(r) for r in prof.rows}
+    max_load = float(config.get("max_load", cls.CONFIG.max_load))
+
+    def loaded(row: dict[str, Any]) -> bool:  # timed under load through every retry: measure again
+        return bool(row["flagged"]) and float(row["load"]) > max_load
+
+    done = {row_key(r) for r in prof.rows if not loaded(r)}
     total = grid.size()
     t_start = time.perf_counter()
     for op, width, tasks in grid.jobs():
@@ -244,8 +249,9 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
         res = run(backend, config, spec, worker_tasks)
         for t, m in zip(todo, res.measurements):
             row = {"op": op, "width": width, **t, **{k: v for k, v in m.to_dict().items() if k in VALUE_COLUMNS}}
-            prof.rows.append(row)
-            done.add(row_key(row))
+            prof.rows = [r for r in prof.rows if row_key(r) != row_key(row)] + [row]
+            if not loaded(row):
+                done.add(row_key(row))
         prof.header["device"] = res.device
         prof.header["wall_s"] = round(float(prof.header.get("wall_s", 0.0)) + time.perf_counter() - t_start, 1)
         t_start = time.perf_counter()
@@ -255,4 +261,11 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
     prof.header["complete"] = len(done) >= total
     prof.header["flagged_rows"] = sum(1 for r in prof.rows if r["flagged"])
     prof.save(out)
+    busy = [r for r in prof.rows if loaded(r)]
+    if busy:
+        raise ProfileError(
+            f"{len(busy)} of {total} rows were timed while other processes used up to "
+            f"{max(float(r['load']) for r in busy):.2f} CPU cores (max_load={max_load}) through every retry; "
+            f"{out} is kept incomplete. Run the same command again on a quiet machine: it re-measures only "
+            "those rows (--option max_load=N accepts a busier machine)")
     return prof

@@ -63,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
     res = bench_subnet(args.model, subnet, args.backend, prefill=args.prefill, decode=args.decode,
                        batch=args.batch, threads=args.threads, config=parse_options(args.option),
                        isolate=not args.in_process)
+    if res.flag_reason == "load":
+        from hwnas_backends.base import BackendConfig
+
+        from ..bench import refuse_loaded
+
+        refuse_loaded("this benchmark", res.load, parse_options(args.option).get("max_load", BackendConfig.max_load))
     if res.flagged:
         info(f"warning: noisy measurement (CV prefill {res.cv_prefill:.3f}, decode {res.cv_decode:.3f}, "
              f"other-process load {res.load:.2f} cores)")
