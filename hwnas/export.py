@@ -455,7 +455,9 @@ def measure_artifact(folder: Path, fmt: Format, *, prefill: int = 128, decode: i
             "peak_mem_mb": round(max(p.peak_mem_mb, d.peak_mem_mb, res.peak_mem_mb), 1),
             "cv_prefill": round(p.cv, 4), "cv_decode": round(d.cv, 4), "repeats": min(p.repeats, d.repeats),
             "prefill_tokens": prefill, "decode_tokens": decode, "threads": threads, "device": res.device,
-            "load": round(max(p.load, d.load), 3)}
+            "load": round(max(p.load, d.load), 3),
+            "flagged": next((m.flag_reason for m in (p, d) if m.flag_reason == "load"), None)
+            or next((m.flag_reason for m in (p, d) if m.flagged), None)}
 
 
 # --- verify and run ---------------------------------------------------------------------------

@@ -218,3 +218,11 @@ def _lock_owner(fd: int) -> str:
     with contextlib.suppress(OSError, ValueError):
         return str(int(os.pread(fd, 32, 0).decode().strip()))
     return "unknown"
+
+
+def remove_own(path: str | os.PathLike[str], kind: str, *, legacy: Legacy = ()) -> None:
+    """Delete a folder of `kind` that hwnas wrote (tools start their runs afresh with it); refuse
+    anything `check_out` refuses. A missing folder is fine."""
+    path = check_out(path, kind, legacy=legacy)
+    if path.exists():
+        shutil.rmtree(path)

@@ -30,10 +30,9 @@ def main() -> int:
     rows = []
     for backend in args.backends:
         out = parent / backend
-        if out.exists():
-            import shutil
+        from hwnas.outdir import remove_own
 
-            shutil.rmtree(out)
+        remove_own(out, "profile")  # a profile this tool wrote before; anything else is refused
         env = dict(os.environ, HWNAS_GRAPH_CACHE=tempfile.mkdtemp(prefix=f"hwnas-graphs-{backend}-"))
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "hwnas.cli", "profile", "--model", args.model, "--backend",

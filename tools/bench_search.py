@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,8 +46,10 @@ def config(args: argparse.Namespace, algorithm: str, seed: int, budget: int) -> 
 
 
 def make_search(args, algorithm, seed, budget, sn, evaluator, cache, name):  # noqa: ANN001, ANN201
+    from hwnas.outdir import remove_own
+
     run_dir = WORK / name
-    shutil.rmtree(run_dir, ignore_errors=True)
+    remove_own(run_dir, "search", legacy=("evaluations.jsonl",))
     return Search(config(args, algorithm, seed, budget), run_dir, supernet=sn, evaluator=evaluator,
                   metrics_cache=cache)
 
@@ -144,8 +145,10 @@ def cmd_compare(args: argparse.Namespace, sn, evaluator) -> None:  # noqa: ANN00
 
 def cmd_kill(args: argparse.Namespace) -> None:
     """Start `hwnas search` as a subprocess, SIGKILL it at random moments, resume each time."""
+    from hwnas.outdir import remove_own
+
     run_dir = WORK / "killed"
-    shutil.rmtree(run_dir, ignore_errors=True)
+    remove_own(run_dir, "search", legacy=("evaluations.jsonl",))
     cfg = config(args, "linas", 7, 120).to_dict()
     cfg["linas"]["initial"], cfg["linas"]["rounds"], cfg["linas"]["per_round"] = 40, 2, 40
     cfg_file = WORK / "kill.yaml"

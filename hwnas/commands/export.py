@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_model_argument, add_order_argument, emit_json, info, open_supernet_from_args
+from . import (
+    add_model_argument,
+    add_order_argument,
+    emit_json,
+    info,
+    non_negative_int,
+    open_supernet_from_args,
+    positive_int,
+)
 
 NAME = "export"
 HELP = "export a sub-network (hf, onnx, onnx-int8, openvino, openvino-int8, openvino-int4, bnb-int8)"
@@ -15,15 +23,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--subnet", help="sub-network JSON file")
     g.add_argument("--run", help="a search run folder (with --pick N: the evaluation with that index)")
-    p.add_argument("--pick", type=int, default=None, help="index of the run's evaluation to export")
+    p.add_argument("--pick", type=non_negative_int, default=None, help="index of the run's evaluation to export")
     p.add_argument("--format", required=True, help="artifact format (see `hwnas export --help`)")
     p.add_argument("--out", required=True,
                    help="artifact folder (new, empty, or an hwnas artifact: then replaced)")
     add_order_argument(p)
-    p.add_argument("--group-size", type=int, default=64, help="openvino-int4 group size")
+    p.add_argument("--group-size", type=positive_int, default=64, help="openvino-int4 group size")
     p.add_argument("--latency-model", default=None, help="put this latency model's prediction beside the measurement")
     p.add_argument("--no-measure", action="store_true", help="skip the prefill/decode measurement")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--json", action="store_true", help="print the manifest")
 
 
@@ -66,4 +74,7 @@ def run(args: argparse.Namespace) -> int:
         ms = m["measured"]
         print(f"  measured on {m['backend']}: prefill {ms['prefill_ms']} ms, decode {ms['decode_ms_per_token']} "
               f"ms/token, peak {ms['peak_mem_mb']} MB; roofline decode bound {m['roofline']['decode_bound_ms']} ms")
+        if ms.get("flagged") == "load":
+            info(f"  warning: other processes used {ms['load']:.2f} CPU cores while the artifact was timed: the "
+                 "manifest marks these figures flagged (load); re-measure on a quiet machine before trusting them")
     return 0
