@@ -64,6 +64,9 @@ def run_tasks(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: list
     torch.set_num_threads(cfg.threads)
     be = cls(cfg)
     workdir = Path(workdir) if workdir else graph_cache_dir(spec)
+    import psutil
+
+    baseline_mb = psutil.Process().memory_info().rss / 1e6  # interpreter + libraries, before the graph
     with ResourceSampler() as mem:
         t0 = time.perf_counter()
         if loaded is None and cls.has_artifacts(workdir, cfg):
@@ -82,7 +85,8 @@ def run_tasks(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: list
         close = getattr(be, "close", None)
         if close:
             close()
-    return WorkerResult(out, be.device(), cls.versions(), prepare_s, mem.peak_mb)
+    return WorkerResult(out, be.device(), cls.versions(), prepare_s, mem.peak_mb,
+                        extra={"baseline_mb": round(baseline_mb, 1)})
 
 
 def _release_freed_memory() -> None:
@@ -119,7 +123,8 @@ def run_isolated(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: l
         _call_worker({**request, "tasks": []}, env, timeout_s, backend)
     reply = _call_worker(request, env, timeout_s, backend)
     ms = [Measurement(**m) for m in reply["measurements"]]
-    return WorkerResult(ms, reply["device"], reply["versions"], reply["prepare_s"], reply["peak_mem_mb"])
+    return WorkerResult(ms, reply["device"], reply["versions"], reply["prepare_s"], reply["peak_mem_mb"],
+                        extra=reply.get("extra") or {})
 
 
 def _call_worker(request: dict[str, Any], env: dict[str, str], timeout_s: float, backend: str) -> dict[str, Any]:
@@ -154,7 +159,8 @@ def _main() -> int:
         res = run_tasks(request["backend"], request["config"], GraphSpec.from_dict(request["graph"]),
                         [Task(**t) for t in request["tasks"]], workdir=request.get("workdir"))
         reply = {"ok": True, "measurements": [m.to_dict() for m in res.measurements], "device": res.device,
-                 "versions": res.versions, "prepare_s": res.prepare_s, "peak_mem_mb": res.peak_mem_mb}
+                 "versions": res.versions, "prepare_s": res.prepare_s, "peak_mem_mb": res.peak_mem_mb,
+                 "extra": res.extra}
     except HwnasUserError as exc:
         reply = {"ok": False, "user_error": True, "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - reported to the parent with its traceback

@@ -451,8 +451,13 @@ def measure_artifact(folder: Path, fmt: Format, *, prefill: int = 128, decode: i
     tasks = [Task("prefill", tokens=prefill), Task("decode", context=prefill, steps=decode)]
     res = run_isolated(fmt.backend, {"threads": threads, **fmt.backend_config}, spec, tasks, workdir=folder)
     p, d = res.measurements
+    peak = max(p.peak_mem_mb, d.peak_mem_mb, res.peak_mem_mb)
+    baseline = res.extra.get("baseline_mb")
     return {"prefill_ms": round(p.median_ms, 3), "decode_ms_per_token": round(d.median_ms, 3),
-            "peak_mem_mb": round(max(p.peak_mem_mb, d.peak_mem_mb, res.peak_mem_mb), 1),
+            "peak_mem_mb": round(peak, 1),
+            # the worker's interpreter and libraries (torch, transformers, the runtime) before it loads
+            # the artifact, and what loading and running the artifact added on top
+            "process_baseline_mb": baseline, "artifact_mem_mb": round(peak - baseline, 1) if baseline else None,
             "cv_prefill": round(p.cv, 4), "cv_decode": round(d.cv, 4), "repeats": min(p.repeats, d.repeats),
             "prefill_tokens": prefill, "decode_tokens": decode, "threads": threads, "device": res.device,
             "load": round(max(p.load, d.load), 3),
@@ -480,17 +485,40 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise HwnasUserError(f"{path}: 'files' must map file names to sha256 digests")
     root = Path(folder).resolve()
     for name in files:
+        if "\0" in name or not name:
+            raise HwnasUserError(f"{path}: file name {name!r} is not a file name")
         target = (root / name).resolve()
         if Path(name).is_absolute() or (target != root and root not in target.parents) or target == root:
             raise HwnasUserError(f"{path}: file {name!r} is outside the artifact folder; refusing to use it")
     fmt = m.get("format")
-    if fmt not in FORMATS:
-        raise HwnasUserError(f"{path}: unknown format {fmt!r}; this hwnas knows {', '.join(FORMATS)}")
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise HwnasUserError(f"{path}: unknown format {_short(fmt)}; this hwnas knows {', '.join(FORMATS)}")
     ver = m.get("verification")
     if not (isinstance(ver, dict) and isinstance(ver.get("reference"), dict)
             and all(k in ver["reference"] for k in ("tokens", "top5_index", "top5_logit"))):
         raise HwnasUserError(f"{path}: 'verification.reference' (tokens, top5_index, top5_logit) is missing")
+    ref = ver["reference"]
+    try:
+        tokens = np.asarray(ref["tokens"], dtype=np.int64)
+        index = np.asarray(ref["top5_index"], dtype=np.int64)
+        logit = np.asarray(ref["top5_logit"], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        tokens = index = logit = None
+    if (tokens is None or tokens.ndim != 1 or len(tokens) < 2 or index.ndim != 2 or index.shape != logit.shape
+            or index.shape[0] != len(tokens) - 1 or not np.isfinite(logit).all() or (index < 0).any()
+            or (tokens < 0).any()):
+        raise HwnasUserError(f"{path}: 'verification.reference' must hold N tokens and N-1 rows of top-5 "
+                             "indices and logits")
+    for key in ("top1_agreement", "max_abs_diff"):
+        v = ver.get(key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v):
+            raise HwnasUserError(f"{path}: 'verification.{key}' must be a number")
     return m
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def verify(folder: str | Path, threads: int = 1) -> dict[str, Any]:
