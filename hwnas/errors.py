@@ -34,3 +34,15 @@ class BackendError(HwnasUserError):
 
 class ProfileError(HwnasUserError):
     """A device profile folder is missing, malformed, or lacks the asked-for entry."""
+
+
+def is_number(x: object) -> bool:
+    """A finite int or float, not a bool (what loaders of user files accept as a number)."""
+    import math
+
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:  # an integer beyond float range
+        return False

@@ -110,9 +110,17 @@ def _write_ov(ctx: ExportContext, compress: dict[str, Any] | None) -> None:
     module, io = _graph(ctx.model)
     ov_model = convert_openvino(module, io, stateful=True)
     if compress is not None:
+        import contextlib
+        import logging
+        import sys
+
         import nncf
 
-        ov_model = nncf.compress_weights(ov_model, **compress)
+        for h in logging.getLogger("nncf").handlers:  # its statistics table is progress, not output:
+            if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout:  # keep stdout machine-readable
+                h.setStream(sys.stderr)
+        with contextlib.redirect_stdout(sys.stderr):  # and its progress bar
+            ov_model = nncf.compress_weights(ov_model, **compress)
     save_openvino(ov_model, ctx.out / "openvino_stateful.xml")
 
 

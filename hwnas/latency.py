@@ -142,17 +142,90 @@ def phase_settings(target: str, prefill: int, decode: int, batch: int) -> tuple[
     return "prefill", prefill, 0, batch  # peak memory: prefill-time features (+ kv at that length)
 
 
+def _check_header(header: dict[str, Any], path: Path) -> None:
+    """The fields `LatencyModel` reads, with their types: a hand-edited or cut header is refused with
+    one line instead of failing somewhere inside a prediction."""
+    def fail(what: str) -> LatencyModelError:
+        return LatencyModelError(f"{path}: {what}; fit the model again with `hwnas latency fit`")
+
+    missing = [k for k in ("model", "profile_path", "profile_id", "widths", "targets") if k not in header]
+    if missing:
+        raise fail(f"missing {', '.join(missing)}")
+    for k in ("model", "profile_path", "profile_id"):
+        if not isinstance(header[k], str) or not header[k]:
+            raise fail(f"{k} must be text")
+    widths = header["widths"]
+    if not isinstance(widths, list) or not widths or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+        raise fail("widths must be a list of positive integers")
+    targets = header["targets"]
+    if not isinstance(targets, dict) or not targets or not set(targets) <= set(TARGETS):
+        raise fail(f"targets must map some of {', '.join(TARGETS)} to their fitted models")
+    for t, spec in targets.items():
+        if not isinstance(spec, dict) or spec.get("mode") not in MODES:
+            raise fail(f"target {t}: mode must be one of {', '.join(MODES)}")
+        if spec["mode"] == "linear":
+            if not all(isinstance(spec.get(k), (int, float)) and not isinstance(spec.get(k), bool)
+                       for k in ("slope", "intercept")):
+                raise fail(f"target {t}: a linear mode needs numbers slope and intercept")
+        elif not (isinstance(spec.get("file"), str) and spec["file"] and Path(spec["file"]).name == spec["file"]):
+            raise fail(f"target {t}: file must name a model file inside the folder")
+
+
+def _booster(folder: Path, name: str, target: str) -> Any:  # noqa: ANN401 - lightgbm.Booster
+    path = folder / name
+    if not path.is_file():
+        raise LatencyModelError(f"latency model {folder}: {name} (target {target}) is missing; fit the model again "
+                                "with `hwnas latency fit`")
+    try:
+        return load_booster(model_file=str(path))
+    except ValueError as exc:
+        raise LatencyModelError(f"latency model {folder}: {name} is not a LightGBM model text file; fit the model "
+                                "again with `hwnas latency fit`") from exc
+
+
+def load_booster(*, model_file: str | None = None, model_str: str | None = None) -> Any:  # noqa: ANN401
+    """A LightGBM booster from its text format; a malformed one is a ValueError. LightGBM writes
+    '[LightGBM] [Fatal] ...' straight to the process's stderr before raising; that line is kept off
+    the terminal (the caller's one-line error says it better)."""
+    import contextlib
+    import sys
+
+    import lightgbm as lgb
+
+    if model_file is not None:
+        with open(model_file, "rb") as f:
+            head = f.read(4)
+    else:
+        head = (model_str or "")[:4].encode()
+    if head != b"tree":  # every LightGBM text model starts with the line `tree`
+        raise ValueError("not a LightGBM text model")
+    with contextlib.ExitStack() as stack:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            stack.callback(os.close, saved)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+            stack.callback(os.dup2, saved, 2)
+        except (OSError, ValueError):  # no real stderr (embedded): let LightGBM print
+            pass
+        try:
+            return lgb.Booster(model_file=model_file) if model_file is not None else lgb.Booster(model_str=model_str)
+        except lgb.basic.LightGBMError as exc:
+            raise ValueError(str(exc)) from exc
+
+
 class LatencyModel:
     """Fitted regressors for one device profile; `predict_*` are vectorised."""
 
     def __init__(self, folder: Path, header: dict[str, Any], profile: DeviceProfile, shape: Shape) -> None:
-        import lightgbm as lgb
-
         self.folder, self.header, self.profile = folder, header, profile
         self.features = FeatureBuilder(profile, shape, header["widths"])
         self.shape = shape
-        self.boosters = {t: lgb.Booster(model_file=str(folder / spec["file"]))
-                         for t, spec in header["targets"].items() if spec.get("file")}
+        self.boosters = {t: _booster(folder, spec["file"], t) for t, spec in header["targets"].items()
+                         if spec.get("file")}
 
     @property
     def profile_id(self) -> str:
@@ -165,25 +238,31 @@ class LatencyModel:
     @classmethod
     def load(cls, folder: str | Path, profile: str | Path | None = None) -> LatencyModel:
         from .model import load_config
+        from .space import read_yaml_file
 
         folder = Path(folder)
         path = folder / HEADER
+        if not folder.is_dir():
+            raise LatencyModelError(f"latency model folder not found: {folder}; fit one with `hwnas latency fit`")
         if not path.is_file():
             raise LatencyModelError(f"{folder} is not a latency model (no {HEADER}); fit one with `hwnas latency fit`")
-        header = yaml.safe_load(path.read_text()) or {}
+        header = read_yaml_file(path, "latency model header", LatencyModelError)
+        if not isinstance(header, dict):
+            raise LatencyModelError(f"{path}: must be a YAML mapping; fit the model again with `hwnas latency fit`")
         if header.get("version") != MODEL_VERSION:
             raise LatencyModelError(f"{path}: version {header.get('version')!r}; this hwnas reads {MODEL_VERSION}")
+        _check_header(header, path)
         prof_dir = Path(profile) if profile else folder / header["profile_path"]  # relative to the model folder
         if not (prof_dir / HEADER_FILE).is_file():
             raise LatencyModelError(f"the device profile {prof_dir} of latency model {folder} is missing; "
                                     "pass --profile with its location")
+        prof = DeviceProfile.load(prof_dir)
         pid = profile_id(prof_dir)
         if pid != header["profile_id"]:
             raise LatencyModelError(
                 f"latency model {folder} was fitted on device profile {header['profile_id']} "
                 f"({header.get('device_slug')}, {header.get('backend')}), not on {prof_dir} ({pid}): "
                 "refit it for this profile")
-        prof = DeviceProfile.load(prof_dir)
         shape = Shape.of(load_config(header["model"]))
         return cls(folder, header, prof, shape)
 
@@ -316,11 +395,11 @@ def measure_samples(path: Path, subnets: Sequence[Subnet], profile: DeviceProfil
             if progress:
                 progress(done, todo)
     if busy:
-        from hwnas_backends.base import BackendConfig
+        from hwnas_backends.base import default_max_load
 
         from .bench import refuse_loaded
 
-        max_load = (profile.header.get("backend_config") or {}).get("max_load", BackendConfig.max_load)
+        max_load = (profile.header.get("backend_config") or {}).get("max_load", default_max_load())
         refuse_loaded(f"{len(busy)} of {todo} sub-network measurement(s) (kept out of {path.name}; the rest are "
                       "stored, so a re-run measures only these)", max(busy), max_load)
     return [combine_rounds(have[s.key()][:max(rounds, 1)]) for s in subnets]

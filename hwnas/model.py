@@ -90,12 +90,63 @@ def cache_root() -> Path:
 def _check_family(config) -> Family:  # noqa: ANN001
     fam = family_of(config)
     if fam is None:
-        archs = ", ".join(getattr(config, "architectures", None) or [config.model_type])
+        archs = ", ".join(str(a) for a in (getattr(config, "architectures", None) or [config.model_type]))
         raise UnsupportedModelError(
             f"model type '{config.model_type}' ({archs}) is not supported; hwnas handles "
             f"LLaMA-family decoders: {', '.join(sorted(FAMILIES))} (and their hwnas_* variants)"
         )
+    _check_shape(config)
     return fam
+
+
+def _check_shape(config) -> None:  # noqa: ANN001
+    """The sizes hwnas reads from a config are positive integers (a hand-edited config.json with
+    num_hidden_layers: 0 would otherwise load as an empty model)."""
+    def positive(x: object) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+    bad = [k for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
+           if not positive(getattr(config, k, None))]
+    per_layer = getattr(config, "intermediate_size_per_layer", None)
+    if per_layer is not None and not (isinstance(per_layer, list) and len(per_layer) == config.num_hidden_layers
+                                      and all(positive(w) for w in per_layer)):
+        bad.append("intermediate_size_per_layer")
+    if bad:
+        raise ModelLoadError(f"the model's config has invalid {', '.join(bad)} (must be positive integers"
+                             f"{', one per layer' if 'intermediate_size_per_layer' in bad else ''}); "
+                             "fix its config.json")
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What transformers, safetensors and the config dataclasses raise on a broken model folder or
+    file (truncated weights, invalid JSON, a config field of the wrong type, mismatched shapes)."""
+    import struct
+
+    errors: list[type[BaseException]] = [OSError, ValueError, RuntimeError, KeyError, EOFError, TypeError,
+                                         UnicodeDecodeError, struct.error]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+
+        errors.append(StrictDataclassError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A path, not a hub id (`org/name`): starts like one, or has more than one slash."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1
 
 
 def _folder_hash(folder: Path) -> str:
@@ -182,17 +233,29 @@ def load_model(
     elif path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
-        model, tokenizer, digest = _load_gguf(path, dtype, use_cache)
+        try:
+            model, tokenizer, digest = _load_gguf(path, dtype, use_cache)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a user's binary file, parsed by a third-party reader
+            raise ModelLoadError(f"cannot load the GGUF file {path} ({_first_line(exc)}); is it a complete "
+                                 "LLaMA-family GGUF?") from exc
         source = str(path)
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is a folder but has no config.json (not an HF model folder)")
-        model, tokenizer = _load_hf_folder(path, dtype)
+        try:
+            model, tokenizer = _load_hf_folder(path, dtype)
+        except ModelLoadError:
+            raise
+        except _load_errors() as exc:
+            raise ModelLoadError(f"cannot load the model folder {path} ({_first_line(exc)}); are its config.json, "
+                                 "weights and tokenizer files complete?") from exc
         digest, source = _folder_hash(path), str(path)
-    elif path.exists() or spec.startswith((".", "/", "~")):
+    elif path.exists() or _looks_like_path(spec):
         raise ModelLoadError(
-            f"cannot load '{spec}': give an HF model folder, a .gguf file, a hub id, or one of: "
-            f"{', '.join(EMBEDDED)}"
+            f"cannot load '{spec}': {'not a model folder or .gguf file' if path.exists() else 'no such model folder or file'}; "
+            f"give an HF model folder, a .gguf file, a hub id, or one of: {', '.join(EMBEDDED)}"
         )
     else:
         model, tokenizer, digest = _load_hub(spec, dtype)
@@ -219,8 +282,11 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> tuple[PreTrainedModel, object
             f"a .gguf file, or one of: {', '.join(EMBEDDED)}"
         ) from exc
     _check_family(config)
-    model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(repo_id)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(repo_id)
+    except _load_errors() as exc:
+        raise ModelLoadError(f"cannot load '{repo_id}' from the hub ({_first_line(exc)})") from exc
     revision = getattr(config, "_commit_hash", None) or "unknown"
     return model, tokenizer, f"hub:{repo_id}@{revision}"
 
@@ -230,6 +296,9 @@ def load_config(spec: str = DEFAULT_MODEL):  # noqa: ANN201 - a transformers con
     from . import modeling
 
     modeling.register_with_transformers()
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelLoadError("no model given: pass an HF model folder, a .gguf file, a hub id, or one of: "
+                             f"{', '.join(EMBEDDED)}")
     path = Path(spec).expanduser()
     try:
         if spec in EMBEDDED or path.suffix == ".gguf":
@@ -237,14 +306,29 @@ def load_config(spec: str = DEFAULT_MODEL):  # noqa: ANN201 - a transformers con
             if not gguf.is_file():
                 raise ModelLoadError(f"GGUF file not found: {gguf}")
             cached = _cached_folder_for(gguf)
-            config = (AutoConfig.from_pretrained(cached) if cached
-                      else AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name))
+            if cached:
+                config = AutoConfig.from_pretrained(cached)
+            else:
+                try:
+                    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                except ModelLoadError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a user's binary file, parsed by a third-party reader
+                    raise ModelLoadError(f"cannot read the GGUF file {gguf} ({_first_line(exc)}); is it a "
+                                         "complete LLaMA-family GGUF?") from exc
         elif path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelLoadError(f"{path} is a folder but has no config.json (not an HF model folder)")
             config = AutoConfig.from_pretrained(path)
+        elif path.exists() or _looks_like_path(spec):
+            raise ModelLoadError(f"cannot load '{spec}': no such model folder or file; give an HF model folder, "
+                                 f"a .gguf file, a hub id, or one of: {', '.join(EMBEDDED)}")
         else:
             config = AutoConfig.from_pretrained(spec)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read the config of '{spec}': {str(exc).splitlines()[0]}") from exc
+    except ModelLoadError:
+        raise
+    except _load_errors() as exc:
+        raise ModelLoadError(f"cannot read the config of '{spec}' ({_first_line(exc)})") from exc
     _check_family(config)
     return config
 
@@ -258,9 +342,12 @@ def _cached_folder_for(gguf: Path) -> Path | None:
 
     for folder in root.iterdir():
         marker = folder / "hwnas_source.json"
-        if marker.is_file() and json.loads(marker.read_text()).get("gguf") == str(gguf):
-            if (folder / "config.json").is_file():
-                return folder
+        try:
+            source = json.loads(marker.read_text()) if marker.is_file() else None
+        except (OSError, ValueError):  # a cache entry cut by a crash: not this one
+            continue
+        if isinstance(source, dict) and source.get("gguf") == str(gguf) and (folder / "config.json").is_file():
+            return folder
     return None
 
 

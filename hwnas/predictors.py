@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HwnasUserError
+from .errors import HwnasUserError, is_number
 from .fileio import write_json
 from .space import SearchSpace
 from .subnet import Subnet
@@ -97,12 +97,85 @@ class AccuracyPredictor:
 
     @classmethod
     def load(cls, path: str | Path) -> AccuracyPredictor:
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        """Read a predictor JSON (written by `save`); anything malformed is a one-line `HwnasUserError`."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise HwnasUserError(f"predictor file not found: {path}") from exc
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or not UTF-8
+            raise HwnasUserError(f"{path}: not a readable predictor JSON file ({type(exc).__name__})") from exc
+        return cls.from_dict(d, source=str(path))
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "<predictor>") -> AccuracyPredictor:
+        def fail(what: str) -> HwnasUserError:
+            return HwnasUserError(f"{source}: {what}; fit the predictor again")
+
+        if not isinstance(d, dict):
+            raise fail("a predictor must be a JSON object")
         if d.get("version") != PREDICTOR_VERSION:
-            raise HwnasUserError(f"{path}: unsupported predictor version {d.get('version')}")
-        return cls(kind=d["kind"], target=d["target"], params=d["params"], x_mean=np.asarray(d["x_mean"]),
-                   x_scale=np.asarray(d["x_scale"]), y_mean=d["y_mean"], y_scale=d["y_scale"],
-                   log_target=d["log_target"], cv=d.get("cv", {}))
+            raise HwnasUserError(f"{source}: unsupported predictor version {_short(d.get('version'))}")
+        missing = [k for k in ("kind", "target", "params", "x_mean", "x_scale", "y_mean", "y_scale", "log_target")
+                   if k not in d]
+        if missing:
+            raise fail(f"missing {', '.join(missing)}")
+        if d["kind"] not in KINDS:
+            raise fail(f"unknown kind {_short(d['kind'])}; expected one of {', '.join(KINDS)}")
+        if not isinstance(d["target"], str) or not isinstance(d["log_target"], bool):
+            raise fail("target must be text and log_target true or false")
+        x_mean, x_scale = _vector(d["x_mean"]), _vector(d["x_scale"])
+        if x_mean is None or x_scale is None or len(x_mean) != len(x_scale) or not len(x_mean) or (x_scale == 0).any():
+            raise fail("x_mean and x_scale must be equally long lists of numbers (x_scale non-zero)")
+        if not (is_number(d["y_mean"]) and is_number(d["y_scale"]) and d["y_scale"] != 0):
+            raise fail("y_mean and y_scale must be numbers (y_scale non-zero)")
+        params = d["params"]
+        if not isinstance(params, dict):
+            raise fail("params must be a JSON object")
+        n = len(x_mean)
+        if d["kind"] == "ridge":
+            coef = _vector(params.get("coef"))
+            if coef is None or len(coef) != n or not is_number(params.get("intercept")):
+                raise fail(f"a ridge predictor needs coef ({n} numbers) and intercept")
+        elif d["kind"] == "svr":
+            sv, dual = params.get("support_vectors"), _vector(params.get("dual_coef"))
+            try:
+                sv = np.asarray(sv, dtype=np.float64) if isinstance(sv, list) else None
+            except (TypeError, ValueError, OverflowError):
+                sv = None
+            if (sv is None or sv.ndim != 2 or sv.shape[1] != n or dual is None or len(dual) != len(sv)
+                    or not np.isfinite(sv).all() or not is_number(params.get("gamma"))
+                    or not is_number(params.get("intercept"))):
+                raise fail(f"an svr predictor needs support_vectors (rows of {n} numbers), dual_coef, gamma and "
+                           "intercept")
+        else:
+            from .latency import load_booster
+
+            if not isinstance(params.get("model"), str):
+                raise fail("a lightgbm predictor needs its model text in params.model")
+            try:
+                booster = load_booster(model_str=params["model"])
+            except ValueError as exc:
+                raise fail("params.model is not a LightGBM text model") from exc
+            if booster.num_feature() != n:
+                raise fail(f"the LightGBM model has {booster.num_feature()} features, the scaling {n}")
+        return cls(kind=d["kind"], target=d["target"], params=params, x_mean=x_mean, x_scale=x_scale,
+                   y_mean=float(d["y_mean"]), y_scale=float(d["y_scale"]), log_target=d["log_target"],
+                   cv=d.get("cv") if isinstance(d.get("cv"), dict) else {})
+
+
+
+
+def _vector(x: Any) -> np.ndarray | None:
+    """A list of finite numbers as a float array, or None."""
+    if not isinstance(x, list) or not all(is_number(v) for v in x):
+        return None
+    return np.asarray(x, dtype=np.float64)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _fit_one(kind: str, z: np.ndarray, yz: np.ndarray, seed: int) -> dict[str, Any]:

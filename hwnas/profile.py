@@ -12,13 +12,12 @@ from __future__ import annotations
 import bisect
 import csv
 import io
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from .errors import ProfileError
 from .fileio import write_text, write_yaml
@@ -31,6 +30,7 @@ VALUE_COLUMNS = ("median_ms", "p90_ms", "cv", "cv_raw", "repeats", "peak_mem_mb"
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
 OPS = ("attention", "mlp", "head")
 INT_COLUMNS = {"width", "tokens", "context", "batch", "repeats", "threads"}
+REQUIRED_KEYS = ("backend", "model")  # of profile.yaml: what the latency model and the search read
 
 
 @dataclass
@@ -81,15 +81,33 @@ class DeviceProfile:
     @classmethod
     def load(cls, folder: str | Path) -> DeviceProfile:
         """Read a profile folder (`profile.yaml` + `lut.csv`)."""
+        from .space import read_yaml_file
+
         folder = Path(folder)
         head = folder / HEADER_FILE
+        if not folder.is_dir():
+            raise ProfileError(f"device profile folder not found: {folder}; make one with `hwnas profile`")
         if not head.is_file():
             raise ProfileError(f"{folder} is not a device profile (no {HEADER_FILE}); make one with `hwnas profile`")
-        header = yaml.safe_load(head.read_text()) or {}
+        header = read_yaml_file(head, "device profile header", ProfileError)
+        if not isinstance(header, dict):
+            raise ProfileError(f"{head}: must be a YAML mapping (version, backend, model, ...); "
+                               "make the profile again with `hwnas profile`")
         if header.get("version") != PROFILE_VERSION:
             raise ProfileError(f"{head}: version {header.get('version')!r}, this hwnas reads {PROFILE_VERSION}")
-        rows = read_lut(folder / LUT_FILE) if (folder / LUT_FILE).is_file() else []
-        return cls(header, rows, folder)
+        bad = [k for k in REQUIRED_KEYS if not isinstance(header.get(k), str) or not header[k]]
+        if bad:
+            raise ProfileError(f"{head}: missing or not text: {', '.join(bad)}; make the profile again with "
+                               "`hwnas profile`")
+        if not isinstance(header.get("threads", 1), int) or isinstance(header.get("threads"), bool):
+            raise ProfileError(f"{head}: threads must be an integer")
+        for key in ("fingerprint", "grid"):
+            if header.get(key) is not None and not isinstance(header[key], dict):
+                raise ProfileError(f"{head}: {key} must be a mapping")
+        lut = folder / LUT_FILE
+        if not lut.is_file():  # hwnas writes the table before the header, so this is a broken folder
+            raise ProfileError(f"{folder}: {LUT_FILE} is missing; make the profile again with `hwnas profile`")
+        return cls(header, read_lut(lut), folder)
 
     def save(self, folder: str | Path | None = None) -> Path:
         """Write both files atomically (the LUT first, so a header never names missing rows)."""
@@ -147,23 +165,48 @@ class DeviceProfile:
         return total + sum(self.lookup("mlp", phase, width=w, **kw) for w in widths)
 
 
+FLOAT_COLUMNS = ("median_ms", "p90_ms", "cv", "cv_raw", "peak_mem_mb", "load")
+PHASES = ("prefill", "decode")
+
+
 def read_lut(path: Path) -> list[dict[str, Any]]:
-    """Rows of a `lut.csv` with typed values (named columns; order does not matter)."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = set(COLUMNS) - set(reader.fieldnames or [])
-        if missing:
-            raise ProfileError(f"{path}: missing columns {sorted(missing)}")
-        rows = []
-        for raw in reader:
-            row: dict[str, Any] = dict(raw)
-            for c in INT_COLUMNS:
-                row[c] = int(row[c])
-            for c in ("median_ms", "p90_ms", "cv", "cv_raw", "peak_mem_mb", "load"):
-                row[c] = float(row[c])
-            row["flagged"] = str(row["flagged"]).lower() in ("true", "1")
-            rows.append(row)
+    """Rows of a `lut.csv` with typed values (named columns; order does not matter). A malformed
+    table (cut short, a missing column, a value that is not a number) is a `ProfileError`."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = set(COLUMNS) - set(reader.fieldnames or [])
+            if missing:
+                raise ProfileError(f"{path}: missing columns {sorted(missing)}; make the profile again with "
+                                   "`hwnas profile`")
+            rows = []
+            for raw in reader:
+                rows.append(_lut_row(raw, path, reader.line_num))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ProfileError(f"{path}: not a readable CSV table ({type(exc).__name__}); make the profile again "
+                           "with `hwnas profile`") from exc
     return rows
+
+
+def _lut_row(raw: dict[str, Any], path: Path, line: int) -> dict[str, Any]:
+    row: dict[str, Any] = dict(raw)
+    if None in row or any(row.get(c) is None for c in COLUMNS):
+        raise ProfileError(f"{path}: line {line} has {'too many' if None in row else 'too few'} fields "
+                           "(cut short?); make the profile again with `hwnas profile`")
+    try:
+        for c in INT_COLUMNS:
+            row[c] = int(row[c])
+        for c in FLOAT_COLUMNS:
+            row[c] = float(row[c])
+    except ValueError as exc:
+        raise ProfileError(f"{path}: line {line}: {exc}; values must be numbers") from exc
+    if not all(math.isfinite(row[c]) and row[c] >= 0 for c in FLOAT_COLUMNS + tuple(INT_COLUMNS)):
+        raise ProfileError(f"{path}: line {line}: values must be finite and >= 0")
+    if row["op"] not in OPS or row["phase"] not in PHASES:
+        raise ProfileError(f"{path}: line {line}: op {row['op']!r} / phase {row['phase']!r}; ops are "
+                           f"{', '.join(OPS)}, phases {', '.join(PHASES)}")
+    row["flagged"] = str(row["flagged"]).lower() in ("true", "1")
+    return row
 
 
 def write_lut(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -192,7 +235,7 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
                 config: dict[str, Any] | None = None, isolate: bool = True,
                 on_progress: Callable[[int, int, str], None] | None = None) -> DeviceProfile:
     """Sweep the grid on one backend into `out` (resuming rows already there)."""
-    from hwnas_backends.base import backend_class
+    from hwnas_backends.base import backend_class, default_max_load
     from hwnas_backends.graphs import GraphSpec
     from hwnas_backends.worker import Task, run_isolated, run_tasks
 
@@ -231,7 +274,7 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
                   "complete": False, "wall_s": 0.0}
         prof = DeviceProfile(header, [], out)
         prof.save(out)
-    max_load = float(config.get("max_load", cls.CONFIG.max_load))
+    max_load = float(config.get("max_load", default_max_load()))
 
     def loaded(row: dict[str, Any]) -> bool:  # timed under load through every retry: measure again
         return bool(row["flagged"]) and float(row["load"]) > max_load

@@ -40,12 +40,18 @@ class Run:
     def load(cls, run_dir: str | Path) -> Run:
         run_dir = Path(run_dir)
         store = run_dir / "evaluations.jsonl"
+        if not run_dir.is_dir():
+            raise HwnasUserError(f"search run folder not found: {run_dir}")
         if not store.is_file():
             raise HwnasUserError(f"{run_dir} is not a search run folder (no evaluations.jsonl)")
         from .search import ResultsStore
 
+        if not (run_dir / "config.yaml").is_file():
+            raise HwnasUserError(f"{run_dir} has no config.yaml: not a folder written by `hwnas search`")
         cfg = RunConfig.load(run_dir / "config.yaml")
         records = ResultsStore(store).records
+        for r in records:
+            _check_record(r, cfg, store)
         measured = _read_measured(run_dir / MEASURED)
         for r in records:  # the store is append-only: measurements made later are merged in on load
             for m in measured.get(_key(r["subnet"]), {}).values():
@@ -65,6 +71,27 @@ class Run:
         return [r for r, m in zip(self.records, pareto_mask(f)) if m]
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_record(rec: dict[str, Any], cfg: RunConfig, store: Path) -> None:
+    """A record of the store has what a report reads: its index and round, and a number for every
+    objective (hwnas writes them so; anything else was edited or written by something else)."""
+    where = f"{store}: record {rec.get('index')!r}"
+    if not _is_int(rec.get("index")) or not _is_int(rec.get("round")):
+        raise HwnasUserError(f"{store}: a record without an integer index and round; it was not written by "
+                             "hwnas search (remove that line)")
+    for o in cfg.objectives:
+        try:
+            v = metric_value(rec, o.metric)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+            v = None
+        if v is None or not np.isfinite(v):
+            raise HwnasUserError(f"{where} has no number for objective {o.metric}; remove that line or "
+                                 "resume the search to redo it")
+
+
 def _key(subnet: dict[str, Any]) -> str:
     return Subnet.from_dict(subnet).key()
 
@@ -79,6 +106,9 @@ def _read_measured(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """subnet key -> device name ("" for a run's single latency model) -> measurement."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for rec in read_jsonl(path):  # a line cut by a kill is skipped: that measurement is redone
+        if not all(isinstance(rec.get(t), (int, float)) and not isinstance(rec.get(t), bool) for t in LATENCY_METRICS):
+            raise HwnasUserError(f"{path}: a measurement without numbers for {', '.join(LATENCY_METRICS)}; "
+                                 "remove that line and measure again (--measure-front)")
         out.setdefault(Subnet.from_dict(rec.get("subnet"), source=f"{path}: record").key(),
                        {})[rec.get("latency_device", "")] = rec
     return out
@@ -122,10 +152,7 @@ def pick(run: Run, rules: list[str], best: str) -> dict[str, Any]:
     base = run.base
     checks = []
     for rule in rules:
-        m = _RULE.match(rule)
-        if not m:
-            raise HwnasUserError(f"cannot read rule '{rule}': write METRIC<=EXPR, e.g. decode_ms_per_token<=0.8*base")
-        metric, op, expr = m.groups()
+        metric, op, expr = parse_rule(rule)
         if "base" in expr and base is None:
             raise HwnasUserError(f"rule '{rule}' refers to the base model, which this run did not evaluate")
         bound = _safe_eval(expr, base=run.value(base, metric) if base and "base" in expr else None)
@@ -139,10 +166,27 @@ def pick(run: Run, rules: list[str], best: str) -> dict[str, Any]:
     return (max if goal_max else min)(ok, key=lambda r: run.value(r, metric_best))
 
 
+def parse_rule(rule: str) -> tuple[str, str, str]:
+    """(metric, operator, bound expression) of a `--pick` rule; its syntax is checked here, before
+    any work, by evaluating the bound with base = 1."""
+    m = _RULE.match(rule)
+    if not m:
+        raise HwnasUserError(f"cannot read rule '{rule}': write METRIC<=EXPR, e.g. decode_ms_per_token<=0.8*base")
+    metric, op, expr = m.groups()
+    _safe_eval(expr, base=1.0)
+    return metric, op, expr
+
+
 def _safe_eval(expr: str, base: float | None) -> float:
-    if not re.fullmatch(r"[\d.\s+\-*/()eE]*", expr.replace("base", "")):
+    if not re.fullmatch(r"[\d.\s+\-*/()eE]*", expr.replace("base", "")) or "**" in expr or len(expr) > 200:
         raise HwnasUserError(f"cannot read the bound '{expr}': use numbers, + - * / and 'base'")
-    return float(eval(expr, {"__builtins__": {}}, {"base": base}))  # noqa: S307 - checked above
+    try:
+        value = float(eval(expr, {"__builtins__": {}}, {"base": base}))  # noqa: S307 - checked above
+    except (SyntaxError, TypeError, ValueError, ZeroDivisionError, OverflowError, MemoryError, RecursionError):
+        raise HwnasUserError(f"cannot read the bound '{expr}': use numbers, + - * / and 'base'") from None
+    if not np.isfinite(value):
+        raise HwnasUserError(f"the bound '{expr}' is not a finite number")
+    return value
 
 
 def roofline_decode_ms(params: float, bytes_per_param: float, bandwidth_gbs: float) -> float:
@@ -158,13 +202,15 @@ def write_report(run_dir: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     run = Run.load(run_dir)
-    out = run.run_dir / "report"
-    out.mkdir(exist_ok=True)
     objs = run.config.objectives
     acc = next((o for o in objs if o.kind == "accuracy"), None)
     if acc is None:
         raise HwnasUserError("the run has no accuracy objective to plot")
+    if not run.records:
+        raise HwnasUserError(f"{run.run_dir} holds no evaluations yet; run (or resume) hwnas search first")
     front = run.front()
+    out = run.run_dir / "report"
+    out.mkdir(exist_ok=True)
     written: list[Path] = []
     latency_keys = sorted({k for r in run.records for k in (r.get("latency_predicted") or {})})
     cost_metrics = [m for m in (*latency_keys, *COST_METRICS) if all(_has(r, m) for r in run.records)]

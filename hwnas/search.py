@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from .errors import HwnasUserError
+from .errors import HwnasUserError, is_number
 from .fileio import append_jsonl, read_jsonl, write_json, write_yaml
 from .space import SearchSpace
 from .subnet import Subnet
@@ -96,31 +95,87 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError as exc:
-            raise HwnasUserError(f"run config not found: {path}") from exc
-        return cls.from_dict(data, source=str(path))
+        from .space import read_yaml_file
+
+        data = read_yaml_file(Path(path), "run config", HwnasUserError)
+        return cls.from_dict({} if data is None else data, source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<config>") -> RunConfig:
+        """Build and validate a run config from parsed YAML; anything malformed is a one-line
+        `HwnasUserError` naming the key."""
+        if not isinstance(data, dict):
+            raise HwnasUserError(f"{source}: a run config must be a YAML mapping of keys (see docs/formats.md)")
         known = set(cls.__dataclass_fields__) | {"version"}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise HwnasUserError(f"{source}: unknown keys {unknown}; expected some of {sorted(known)}")
+        if data.get("version", 1) != 1:
+            raise HwnasUserError(f"{source}: unsupported run config version {data.get('version')!r} (this hwnas reads 1)")
         data = {k: v for k, v in data.items() if k != "version"}
+
+        def fail(key: str, want: str) -> HwnasUserError:
+            return HwnasUserError(f"{source}: {key} must be {want}, got {_short(data.get(key))}")
+
+        for key in ("model", "channel_order", "algorithm"):
+            if key in data and not isinstance(data[key], str):
+                raise fail(key, "a string")
+        for key in ("space", "data", "run_id"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise fail(key, "a string")
+        if data.get("run_id") is not None and (not data["run_id"] or any(c in data["run_id"] for c in "/\\\0")
+                                               or data["run_id"] in (".", "..")):
+            raise fail("run_id", "a plain folder name (no path separators)")
+        if "channel_order" in data and data["channel_order"] not in CHANNEL_ORDERS:
+            raise fail("channel_order", f"one of {', '.join(CHANNEL_ORDERS)}")
         if "objectives" in data:
-            data["objectives"] = [Objective(**o) if isinstance(o, dict) else Objective(str(o))
-                                  for o in data["objectives"]]
+            objs = data["objectives"]
+            if not isinstance(objs, list):
+                raise fail("objectives", "a list of metric names or {metric, goal} mappings")
+            data["objectives"] = [_objective(o, source) for o in objs]
+        if "budgets" in data:
+            b = data["budgets"] if data["budgets"] is not None else {}
+            if not isinstance(b, dict) or not all(isinstance(k, str) and is_number(v) for k, v in b.items()):
+                raise fail("budgets", "a mapping of metric names to numbers, e.g. {params: 100000000}")
+            data["budgets"] = {k: float(v) for k, v in b.items()}
+        if "tasks" in data:
+            t = data["tasks"]
+            if not isinstance(t, list) or not t or not all(isinstance(x, str) and x.strip() for x in t):
+                raise fail("tasks", "a non-empty list of task names, e.g. [wikitext2, arc_easy]")
+        if "limit" in data and data["limit"] is not None and not (_is_int(data["limit"]) and data["limit"] > 0):
+            raise fail("limit", "a positive integer (items per task) or null for all")
+        if "ppl_windows" in data and not (_is_int(data["ppl_windows"]) and data["ppl_windows"] >= 0):
+            raise fail("ppl_windows", "an integer >= 0 (0: the whole text)")
+        if "ppl_window" in data and not (_is_int(data["ppl_window"]) and data["ppl_window"] > 0):
+            raise fail("ppl_window", "a positive integer (tokens)")
+        if "seed" in data and not _is_int(data["seed"]):
+            raise fail("seed", "an integer")
+        lm = data.get("latency_model")
+        if lm is not None and not (isinstance(lm, str) or (
+                isinstance(lm, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in lm.items()))):
+            raise fail("latency_model", "a folder, or a mapping of device names to folders")
+        if "latency" in data:
+            lat = data["latency"]
+            keys = ("prefill", "decode", "batch")
+            if not isinstance(lat, dict) or set(lat) - set(keys) or not all(
+                    _is_int(v) and v > 0 for v in lat.values()):
+                raise fail("latency", "a mapping of prefill, decode and batch to positive integers")
+            data["latency"] = {"prefill": 128, "decode": 32, "batch": 1, **lat}
         if "linas" in data:
-            data["linas"] = LinasConfig(**data["linas"])
+            data["linas"] = _linas(data["linas"], source)
         cfg = cls(**data)
         cfg.validate(source)
         return cfg
 
     def validate(self, source: str = "<config>") -> None:
+        from .evaluate.tasks import get_task
+
         if len(self.objectives) < 2:
             raise HwnasUserError(f"{source}: give at least two objectives (an accuracy and a cost)")
+        try:
+            specs = {t: get_task(t.strip()) for t in self.tasks}
+        except HwnasUserError as exc:
+            raise HwnasUserError(f"{source}: {exc}") from exc
         for o in self.objectives:
             if o.goal not in ("min", "max"):
                 raise HwnasUserError(f"{source}: objective {o.metric}: goal must be min or max")
@@ -130,12 +185,22 @@ class RunConfig:
             if o.kind == "latency" and not self.latency_model:
                 raise HwnasUserError(f"{source}: objective {o.metric} needs latency_model: a folder written by "
                                      "`hwnas latency fit`")
+        if len({o.metric for o in self.objectives}) != len(self.objectives):
+            raise HwnasUserError(f"{source}: an objective is listed twice")
         devices = self.latency_sources()
         for metric in [o.metric for o in self.objectives] + list(self.budgets):
             lt = latency_target(metric)
             if lt and devices and lt[1] not in devices:
                 names = ", ".join(f"{lt[0]}@{d}" if d else lt[0] for d in devices)
                 raise HwnasUserError(f"{source}: {metric} names no latency model of this run; use one of {names}")
+            if lt and not devices:
+                raise HwnasUserError(f"{source}: {metric} needs latency_model: a folder written by `hwnas latency fit`")
+            if lt or metric in COST_METRICS:
+                continue
+            task, _, name = metric.rpartition(".")
+            if task not in specs or name not in specs[task].metrics:
+                known = [*COST_METRICS, *LATENCY_METRICS, *(f"{t}.{m}" for t, sp in specs.items() for m in sp.metrics)]
+                raise HwnasUserError(f"{source}: unknown metric '{metric}'; this run has {', '.join(known)}")
         if self.algorithm not in ("linas", "nsga2", "random"):
             raise HwnasUserError(f"{source}: algorithm must be linas, nsga2 or random")
 
@@ -153,6 +218,49 @@ class RunConfig:
         d = asdict(self)
         d["objectives"] = [asdict(o) for o in self.objectives]
         return {"version": 1, **d}
+
+
+CHANNEL_ORDERS = ("contrib", "act", "taylor", "none")
+LINAS_INTS = {"initial": 1, "rounds": 0, "per_round": 1, "inner_evaluations": 1, "population": 2}  # key: minimum
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _objective(o: Any, source: str) -> Objective:
+    if isinstance(o, str) and o:
+        return Objective(o)
+    if isinstance(o, dict) and isinstance(o.get("metric"), str) and o["metric"] and set(o) <= {"metric", "goal"} \
+            and isinstance(o.get("goal", "min"), str):
+        return Objective(**o)
+    raise HwnasUserError(f"{source}: objective {_short(o)} must be a metric name or {{metric: NAME, goal: min|max}}")
+
+
+def _linas(value: Any, source: str) -> LinasConfig:
+    if value is None:
+        return LinasConfig()
+    known = list(LinasConfig.__dataclass_fields__)
+    if not isinstance(value, dict):
+        raise HwnasUserError(f"{source}: linas must be a mapping with some of {known}")
+    unknown = sorted(str(k) for k in set(value) - set(known))
+    if unknown:
+        raise HwnasUserError(f"{source}: unknown linas keys {unknown}; expected some of {known}")
+    for k, v in value.items():
+        if k in LINAS_INTS:
+            if not (_is_int(v) and v >= LINAS_INTS[k]):
+                raise HwnasUserError(f"{source}: linas.{k} must be an integer >= {LINAS_INTS[k]}, got {_short(v)}")
+        elif not (is_number(v) and v >= 0 and (k != "crossover_prob" or v <= 1)):
+            raise HwnasUserError(f"{source}: linas.{k} must be a number >= 0{' and <= 1' if k == 'crossover_prob' else ''}, "
+                                 f"got {_short(v)}")
+    return LinasConfig(**value)
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -340,12 +448,11 @@ class Search:
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, *, supernet=None, evaluator=None,  # noqa: ANN001
                  progress: ProgressFn | None = None, metrics_cache: dict[str, dict] | None = None) -> None:
-        from .outdir import claim_dir
+        from .outdir import check_out, claim_dir
         from .supernet import open_supernet
 
         self.cfg = cfg
-        self.run_dir = claim_dir(run_dir, "search", legacy=(STORE_FILE,))
-        (self.run_dir / "rounds").mkdir(exist_ok=True)
+        check_out(run_dir, "search", legacy=(STORE_FILE,))
         self.sn = supernet or open_supernet(cfg.model, channel_order=cfg.channel_order, data_dir=cfg.data)
         if cfg.space:
             self.space = SearchSpace.load(cfg.space, num_layers=self.sn.num_layers,
@@ -363,6 +470,9 @@ class Search:
             evaluator = Evaluator(self.sn.base.tokenizer, cfg.tasks, limit=cfg.limit, seed=cfg.seed,
                                   data_dir=cfg.data, ppl_windows=cfg.ppl_windows, ppl_window=cfg.ppl_window)
         self.evaluator = evaluator
+        # the folder is made only once everything the run needs has loaded (bad input leaves nothing)
+        self.run_dir = claim_dir(run_dir, "search", legacy=(STORE_FILE,))
+        (self.run_dir / "rounds").mkdir(exist_ok=True)
         self.store = ResultsStore(self.run_dir / STORE_FILE)
         self.progress = progress
         self.metrics_cache = metrics_cache  # subnet key -> metrics; shared by runs that compare algorithms

@@ -103,43 +103,40 @@ class SearchSpace:
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpaceError(f"{source}: unknown keys {unknown}; expected some of {sorted(known)}")
-        base = data.get("base") or {}
-        n = _agree(source, "num_layers", base.get("num_layers"), num_layers)
-        inter = _agree(source, "intermediate_size", base.get("intermediate_size"), intermediate_size)
-        layers = data.get("layers") or {}
-        mlp = data.get("mlp") or {}
-        try:
-            widths = tuple(int(w) for w in mlp.get("widths") or [inter])
-            mode = str(layers.get("mode", "any"))
-            depths = layers.get("depths")
-            min_depth = int(layers.get("min_depth", min(depths) if depths else n))
-            droppable = layers.get("droppable")
-            return cls(
-                num_layers=n,
-                intermediate_size=inter,
-                mlp_widths=widths,
-                min_depth=min_depth,
-                mode=mode,
-                depths=tuple(int(d) for d in depths) if depths is not None else None,
-                droppable=tuple(int(i) for i in droppable) if droppable is not None else None,
-                name=str(data.get("name", Path(source).stem)),
-                description=str(data.get("description", "")),
-                heads=data.get("heads"),
-                extra={k: data[k] for k in ("model",) if k in data},
-            )
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise SpaceError(f"{source}: malformed space ({exc})") from exc
+        base = _mapping(source, "base", data.get("base"))
+        layers = _mapping(source, "layers", data.get("layers"))
+        mlp = _mapping(source, "mlp", data.get("mlp"))
+        n = _agree(source, "num_layers", _opt_int(source, "base.num_layers", base.get("num_layers")), num_layers)
+        inter = _agree(source, "intermediate_size",
+                       _opt_int(source, "base.intermediate_size", base.get("intermediate_size")), intermediate_size)
+        widths = _int_list(source, "mlp.widths", mlp.get("widths")) or (inter,)
+        mode = layers.get("mode", "any")
+        if not isinstance(mode, str):
+            raise SpaceError(f"{source}: layers.mode must be one of {LAYER_MODES}, got {mode!r}")
+        depths = _int_list(source, "layers.depths", layers.get("depths"))
+        min_depth = _opt_int(source, "layers.min_depth", layers.get("min_depth"))
+        if min_depth is None:
+            min_depth = min(depths) if depths else n
+        droppable = _int_list(source, "layers.droppable", layers.get("droppable"))
+        return cls(
+            num_layers=n,
+            intermediate_size=inter,
+            mlp_widths=widths,
+            min_depth=min_depth,
+            mode=mode,
+            depths=depths,
+            droppable=droppable,
+            name=str(data.get("name", Path(source).stem)),
+            description=str(data.get("description", "")),
+            heads=data.get("heads"),
+            extra={k: data[k] for k in ("model",) if k in data},
+        )
 
     @classmethod
     def load(cls, path: str | Path, *, num_layers: int | None = None,
              intermediate_size: int | None = None) -> SearchSpace:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise SpaceError(f"space file not found: {path}") from exc
-        except yaml.YAMLError as exc:
-            raise SpaceError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        data = read_yaml_file(path, "space file", SpaceError)
         return cls.from_dict(data, num_layers=num_layers, intermediate_size=intermediate_size, source=str(path))
 
     @classmethod
@@ -242,6 +239,54 @@ class SearchSpace:
         write_yaml(path, self.to_dict())
 
 
+def read_yaml_file(path: Path, what: str, error: type[Exception]) -> Any:
+    """A user's YAML file through `yaml.safe_load` (no tags that build Python objects); anything
+    unreadable is an `error` with one line of text."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise error(f"{what} not found: {path}") from exc
+    except IsADirectoryError as exc:
+        raise error(f"{path} is a folder; give a {what}") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not a text file (not UTF-8); give a YAML {what}") from exc
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or type(exc).__name__}") from exc
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise error(f"{path}: not valid YAML ({first})") from exc
+    except RecursionError as exc:
+        raise error(f"{path}: nested too deeply to be a {what}") from exc
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _mapping(source: str, key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpaceError(f"{source}: {key} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _opt_int(source: str, key: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise SpaceError(f"{source}: {key} must be an integer, got {value!r}"[:300])
+    return value
+
+
+def _int_list(source: str, key: str, value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(_is_int(x) for x in value):
+        raise SpaceError(f"{source}: {key} must be a list of integers, got {value!r}"[:300])
+    return tuple(value)
+
+
 def _agree(source: str, key: str, declared: Any, actual: int | None) -> int:
     if declared is None and actual is None:
         raise SpaceError(f"{source}: base.{key} is not given and no model was given to read it from")
@@ -264,5 +309,7 @@ def packaged_space_name(spec: str, _depth: int = 0) -> str | None:
     record = Path(spec) / FINETUNE_RECORD
     if _depth > 8 or not record.is_file():
         return None
-    base = ((yaml.safe_load(record.read_text(encoding="utf-8")) or {}).get("base") or {}).get("spec")
-    return packaged_space_name(str(base), _depth + 1) if base else None
+    data = read_yaml_file(record, "fine-tune record", SpaceError)
+    base = (data.get("base") if isinstance(data, dict) else None) or {}
+    spec_ = base.get("spec") if isinstance(base, dict) else None
+    return packaged_space_name(str(spec_), _depth + 1) if spec_ else None

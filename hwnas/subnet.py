@@ -96,6 +96,10 @@ class Subnet:
             raise SubnetError(f"sub-network file not found: {path}") from exc
         except json.JSONDecodeError as exc:
             raise SubnetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        except RecursionError as exc:
+            raise SubnetError(f"{path}: nested too deeply to be a sub-network file") from exc
+        except IsADirectoryError as exc:
+            raise SubnetError(f"{path} is a folder; give a sub-network JSON file") from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise SubnetError(f"{path}: cannot read it as a JSON text file ({type(exc).__name__})") from exc
         return cls.parse(data, source=str(path), **kwargs)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 
+import hwnas_backends.base as base
 import pytest
 
-import hwnas_backends.base as base
 from hwnas.cli import main
 from hwnas.errors import HwnasUserError
 from hwnas.profile import DeviceProfile, OperatorGrid, run_profile
@@ -36,6 +36,7 @@ class FakeLoad:
 @pytest.fixture
 def fake_load(monkeypatch):
     monkeypatch.setattr(base, "LoadMeter", FakeLoad)
+    monkeypatch.delenv("HWNAS_MAX_LOAD", raising=False)  # the shipped default, 0.5 cores
     FakeLoad.calls = 0
 
     def set_readings(*values: float) -> None:

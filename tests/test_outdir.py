@@ -14,7 +14,16 @@ import yaml
 from hwnas.cli import main
 from hwnas.errors import HwnasUserError
 from hwnas.fileio import append_jsonl, read_jsonl
-from hwnas.outdir import LOCK, MARKER, OutputFolderError, check_out, claim_dir, exclusive, folder_kind, replace_dir
+from hwnas.outdir import (
+    LOCK,
+    MARKER,
+    OutputFolderError,
+    check_out,
+    claim_dir,
+    exclusive,
+    folder_kind,
+    replace_dir,
+)
 
 SUBNET = {"layers": [0, 2, 3], "mlp_widths": [256, 128, 192]}
 

@@ -77,7 +77,8 @@ def main() -> int:
     ap.add_argument("--skip-profile", action="store_true")
     args = ap.parse_args()
     print(f"cpu: {_cpu()}", flush=True)
-    rc, _, err = hwnas(["bench", "--model", args.model, "--backend", args.backend, "--prefill", "8", "--decode", "2"])
+    rc, _, err = hwnas(["bench", "--model", args.model, "--backend", args.backend, "--prefill", "8", "--decode", "2",
+                        "--option", "max_load=99"])
     if rc:  # converts and caches the graph once, outside the timed rounds
         raise SystemExit(f"warm-up bench failed: {err}")
     cond = {"quiet": [], "hogged, accepted": [], "hogged, default": [], "intermittent hog": []}

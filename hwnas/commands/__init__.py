@@ -10,6 +10,48 @@ from typing import Any
 from ..model import DEFAULT_MODEL
 
 
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give {what}") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (token counts, threads, samples, steps, ...)."""
+    n = _int(text, "a positive integer")
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not positive; give an integer >= 1")
+    return n
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (an index, or a count where 0 means "all")."""
+    n = _int(text, "an integer >= 0")
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is negative; give an integer >= 0")
+    return n
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a learning rate)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a positive number") from None
+    if not 0 < x < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite positive number")
+    return x
+
+
+def positive_ints(text: str) -> list[int]:
+    """argparse type: a comma-separated list of integers >= 1, e.g. 32,128,512."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"{text!r} lists no numbers; give e.g. 32,128,512")
+    return [positive_int(x) for x in items]
+
+
 def add_model_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"HF folder, .gguf file, hub id, or an embedded name (default: {DEFAULT_MODEL})")

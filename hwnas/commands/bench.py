@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_model_argument, emit_json, info
+from . import add_model_argument, emit_json, info, positive_int
 
 NAME = "bench"
 HELP = "benchmark a whole sub-network on one backend: prefill ms and decode ms per token (medians)"
@@ -14,15 +14,33 @@ def parse_options(items: list[str] | None) -> dict[str, object]:
     """KEY=VALUE backend options (numbers and true/false are converted)."""
     import yaml
 
+    from ..errors import BackendError
+
     out: dict[str, object] = {}
     for item in items or []:
-        if "=" not in item:
-            from ..errors import BackendError
-
+        k, eq, v = item.partition("=")
+        if not eq or not k.strip():
             raise BackendError(f"backend option {item!r} must look like KEY=VALUE (e.g. device=cuda)")
-        k, v = item.split("=", 1)
-        out[k] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v) if v.strip() else v
+        except yaml.YAMLError:
+            raise BackendError(f"backend option {item!r}: cannot read the value {v!r}; give a number, "
+                               "true/false or a word") from None
     return out
+
+
+def backend_options(backend: str, items: list[str] | None, threads: int | None = None) -> dict[str, object]:
+    """The --option KEY=VALUE of a command for `backend`, checked against the backend's config
+    (unknown or mistyped keys, an unknown backend) before any work is done."""
+    from hwnas_backends.base import backend_class
+
+    cls = backend_class(backend)
+    options = parse_options(items)
+    cls.CONFIG.from_dict(options)  # what the user wrote, before --threads fills in its default
+    if threads is not None:
+        options = {**options, "threads": threads}
+        cls.CONFIG.from_dict(options)
+    return options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,10 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subnet", default=None, help='sub-network JSON {"layers": [...], "mlp_widths": [...]} '
                    "(default: the full model)")
     p.add_argument("--backend", required=True, help="a backend name (see `hwnas backends`)")
-    p.add_argument("--prefill", type=int, default=128, help="prompt tokens (default 128)")
-    p.add_argument("--decode", type=int, default=32, help="tokens decoded per repeat (default 32)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+    p.add_argument("--prefill", type=positive_int, default=128, help="prompt tokens (default 128)")
+    p.add_argument("--decode", type=positive_int, default=32, help="tokens decoded per repeat (default 32)")
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1, help="runtime threads (default 1)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="backend config field, e.g. device=cuda (torch), stateful=false (openvino)")
     p.add_argument("--in-process", action="store_true", help="measure in this process (default: a worker)")
@@ -48,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import config_mlp_widths, load_config
     from ..subnet import Subnet
 
+    options = backend_options(args.backend, args.option)
     config = load_config(args.model)
     subnet = None
     if args.subnet:
@@ -61,14 +80,14 @@ def run(args: argparse.Namespace) -> int:
     info(f"benchmarking {'sub-network ' + args.subnet if subnet else 'the full model'} on {args.backend} "
          f"(prefill {args.prefill}, decode {args.decode}, batch {args.batch}, {args.threads} thread(s))")
     res = bench_subnet(args.model, subnet, args.backend, prefill=args.prefill, decode=args.decode,
-                       batch=args.batch, threads=args.threads, config=parse_options(args.option),
+                       batch=args.batch, threads=args.threads, config=options,
                        isolate=not args.in_process)
     if res.flag_reason == "load":
-        from hwnas_backends.base import BackendConfig
+        from hwnas_backends.base import default_max_load
 
         from ..bench import refuse_loaded
 
-        refuse_loaded("this benchmark", res.load, parse_options(args.option).get("max_load", BackendConfig.max_load))
+        refuse_loaded("this benchmark", res.load, parse_options(args.option).get("max_load", default_max_load()))
     if res.flagged:
         info(f"warning: noisy measurement (CV prefill {res.cv_prefill:.3f}, decode {res.cv_decode:.3f}, "
              f"other-process load {res.load:.2f} cores)")

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from . import add_model_argument, info, progress_printer
+from . import add_model_argument, info, positive_int, progress_printer
 
 NAME = "demo"
 HELP = "run the end-to-end pipeline on the embedded default model (offline; every stage is reused on re-runs)"
@@ -24,10 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="data folder (default: $HWNAS_DATA or ../shared/data)")
     p.add_argument("--channel-order", default="contrib", help=argparse.SUPPRESS)
     p.add_argument("--backend", default="onnxruntime", help="backend to profile and fit on")
-    p.add_argument("--latency-samples", type=int, default=8, help="sub-networks measured to fit the latency model")
-    p.add_argument("--evaluations", type=int, default=40, help="real evaluations in the search")
+    p.add_argument("--latency-samples", type=positive_int, default=8, help="sub-networks measured to fit the latency model")
+    p.add_argument("--evaluations", type=positive_int, default=40, help="real evaluations in the search")
     p.add_argument("--formats", default="onnx-int8,openvino-int8", help="artifact formats to export")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1)
 
 
 def _stage(n: int, total: int, what: str) -> float:

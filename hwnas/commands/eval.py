@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import add_model_argument, add_order_argument, emit_json, info
+from . import add_model_argument, add_order_argument, emit_json, info, non_negative_int, positive_int
 
 NAME = "eval"
 HELP = "score a model or sub-network on lm-eval-style tasks (0-shot multiple choice) and perplexity"
@@ -18,27 +18,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subnet", default=None, help='JSON file: {"layers": [...], "mlp_widths": [...]}')
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                    help=f"comma-separated; known: {', '.join(TASKS)}; text:PATH = perplexity on a text file")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="items per task: a seeded sample (stratified by subject for MMLU); default all")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
-    p.add_argument("--ppl-windows", type=int, default=8,
+    p.add_argument("--ppl-windows", type=non_negative_int, default=8,
                    help="perplexity windows per text (0 = the whole text)")
-    p.add_argument("--ppl-window", type=int, default=None, help="perplexity window in tokens (default 1024)")
-    p.add_argument("--ppl-stride", type=int, default=None,
+    p.add_argument("--ppl-window", type=positive_int, default=None, help="perplexity window in tokens (default 1024)")
+    p.add_argument("--ppl-stride", type=positive_int, default=None,
                    help="tokens between window starts (default: the window, i.e. no overlap)")
     add_order_argument(p)  # also adds --data
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help='print {"tasks": {...}, "seconds": ...}')
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import torch
 
     from ..evaluate import Evaluator
-    from ..evaluate.tasks import parse_tasks
+    from ..evaluate.tasks import TEXT_PREFIX, TaskError, parse_tasks
     from ..model import load_model
 
-    parse_tasks(args.tasks)  # an unknown name fails before the model loads
+    specs = parse_tasks(args.tasks)  # an unknown name fails before the model loads
+    if not specs:
+        raise TaskError(f"--tasks {args.tasks!r} names no task; give e.g. --tasks wikitext2,arc_easy")
+    for spec in specs:
+        if spec.name.startswith(TEXT_PREFIX) and not Path(spec.file).is_file():
+            raise TaskError(f"task {spec.name}: text file '{spec.file}' not found")
+    if args.subnet:  # a bad sub-network file fails before the model loads, too
+        from ..model import config_mlp_widths, load_config
+        from ..subnet import Subnet
+
+        cfg = load_config(args.model)
+        Subnet.load(args.subnet, num_layers=cfg.num_hidden_layers, intermediate_size=config_mlp_widths(cfg))
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

@@ -44,7 +44,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.format not in FORMATS:
         raise ExportError(f"unknown format '{args.format}'; choose one of {', '.join(FORMATS)}")
+    if args.pick is not None and not args.run:
+        raise HwnasUserError("--pick N chooses an evaluation of a search run: give --run RUN_DIR with it")
     check_out(args.out, "export", legacy=is_unmarked_artifact)
+    if args.latency_model:
+        from ..latency import LatencyModel
+
+        LatencyModel.load(args.latency_model)  # a bad folder fails now, not after the export
     cfg = load_config(args.model)
     shape = {"num_layers": cfg.num_hidden_layers, "intermediate_size": config_mlp_widths(cfg)}
     if args.subnet:

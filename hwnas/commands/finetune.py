@@ -11,6 +11,8 @@ from . import (
     add_space_argument,
     info,
     open_supernet_from_args,
+    positive_float,
+    positive_int,
     resolve_space,
 )
 
@@ -27,17 +29,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_order_argument(p)
     p.add_argument("--train-data", default=d.data,
                    help="'alpaca' (the Alpaca subset in the data folder), or a .json (Alpaca format) / text file")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--steps", type=positive_int, default=d.steps)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--seq-len", type=positive_int, default=d.seq_len)
+    p.add_argument("--lr", type=positive_float, default=d.lr)
     p.add_argument("--rule", choices=RULES, default=d.rule,
                    help="alternate: full / random sub-network on alternate steps (LLaMA-NAS); "
                    "sandwich: largest + smallest + random every step")
     p.add_argument("--no-kd", action="store_true", help="train sub-networks on labels, not distillation")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint interval (steps)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--save-every", type=positive_int, default=d.save_every, help="checkpoint interval (steps)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, help="output folder; re-running with the same options resumes")
 

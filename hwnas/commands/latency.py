@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import add_space_argument, emit_json, info, progress_printer
+from . import add_space_argument, emit_json, info, positive_int, progress_printer
 
 NAME = "latency"
 HELP = "fit / use / validate a LightGBM latency model on a device profile"
@@ -17,12 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--profile", required=True, help="device profile folder (hwnas profile --out)")
     f.add_argument("--model", default=None, help="model spec (default: the profile's model)")
     add_space_argument(f)
-    f.add_argument("--samples", type=int, default=40, help="sub-networks measured for training")
-    f.add_argument("--prefill", type=int, default=128)
-    f.add_argument("--decode", type=int, default=32)
-    f.add_argument("--batch", type=int, default=1)
+    f.add_argument("--samples", type=positive_int, default=40, help="sub-networks measured for training")
+    f.add_argument("--prefill", type=positive_int, default=128)
+    f.add_argument("--decode", type=positive_int, default=32)
+    f.add_argument("--batch", type=positive_int, default=1)
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--rounds", type=int, default=1,
+    f.add_argument("--rounds", type=positive_int, default=1,
                    help="measure each sample this many times, interleaved, and train on the median")
     f.add_argument("--out", required=True, help="latency model folder")
     f.add_argument("--skip-speed-check", action="store_true",
@@ -31,17 +31,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pr.add_argument("--latency-model", required=True)
     pr.add_argument("--profile", default=None, help="the device profile, if it moved since fitting")
     pr.add_argument("--subnet", required=True)
-    pr.add_argument("--prefill", type=int, default=128)
-    pr.add_argument("--decode", type=int, default=32)
-    pr.add_argument("--batch", type=int, default=1)
+    pr.add_argument("--prefill", type=positive_int, default=128)
+    pr.add_argument("--decode", type=positive_int, default=32)
+    pr.add_argument("--batch", type=positive_int, default=1)
     pr.add_argument("--json", action="store_true")
     v = sub.add_parser("validate", help="measure fresh sub-networks and score the model and the plain LUT sum")
     v.add_argument("--latency-model", required=True)
     v.add_argument("--profile", default=None)
     add_space_argument(v)
-    v.add_argument("--n", type=int, default=30)
+    v.add_argument("--n", type=positive_int, default=30)
     v.add_argument("--seed", type=int, default=1000)
-    v.add_argument("--rounds", type=int, default=None,
+    v.add_argument("--rounds", type=positive_int, default=None,
                    help="measurements per held-out sub-network, interleaved (default: as the fit); "
                         ">= 2 also prints the round-to-round repeatability")
     v.add_argument("--skip-speed-check", action="store_true",

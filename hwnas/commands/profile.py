@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_model_argument, add_space_argument, emit_json, info
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
+from . import add_model_argument, add_space_argument, emit_json, info, positive_int, positive_ints
 
 NAME = "profile"
 HELP = "profile operators (attention, MLP per width, head) on a backend into a device profile folder"
@@ -20,10 +15,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_space_argument(p)
     p.add_argument("--backend", required=True, help="a backend name (see `hwnas backends`)")
     p.add_argument("--out", required=True, help="profile folder (resumed if it holds the same profile)")
-    p.add_argument("--prefill", type=_ints, default=None, help="prefill token counts (default 32,128,512)")
-    p.add_argument("--decode", type=_ints, default=None, help="decode context lengths (default 128,512,1024)")
-    p.add_argument("--batch", type=_ints, default=None, help="batch sizes (default 1)")
-    p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+    p.add_argument("--prefill", type=positive_ints, default=None, help="prefill token counts (default 32,128,512)")
+    p.add_argument("--decode", type=positive_ints, default=None, help="decode context lengths (default 128,512,1024)")
+    p.add_argument("--batch", type=positive_ints, default=None, help="batch sizes (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="runtime threads (default 1)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend config field")
     p.add_argument("--in-process", action="store_true", help="measure in this process (default: workers)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -38,13 +33,13 @@ def run(args: argparse.Namespace) -> int:
     from ..outdir import check_out, exclusive
     from ..profile import HEADER_FILE, grid_for, run_profile
     from . import resolve_space
-    from .bench import parse_options
+    from .bench import backend_options
 
     check_out(args.out, "profile", legacy=(HEADER_FILE,))
+    options = backend_options(args.backend, args.option, threads=args.threads)
     config = load_config(args.model)
     space = resolve_space(args, config)
     grid = grid_for(config, space, prefill_tokens=args.prefill, decode_contexts=args.decode, batches=args.batch)
-    options = {**parse_options(args.option), "threads": args.threads}
     info(f"profiling {args.model} ({space.name}) on {args.backend}: {grid.size()} grid points "
          f"in {len(grid.jobs())} graphs -> {args.out}")
     t0 = time.perf_counter()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import positive_int
+
 NAME = "run"
 HELP = "generate text with an exported artifact (greedy; a first smoke test)"
 
@@ -11,8 +13,8 @@ HELP = "generate text with an exported artifact (greedy; a first smoke test)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact", help="artifact folder written by hwnas export")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
+    p.add_argument("--threads", type=positive_int, default=1)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,8 +31,31 @@ def run(args: argparse.Namespace) -> int:
     check_out(run_dir, "search", legacy=(STORE_FILE,))
     if (run_dir / STORE_FILE).is_file() and not args.resume:
         raise HwnasUserError(f"{run_dir} already holds a run: pass --resume to continue it, or another --run-dir")
-    with exclusive(run_dir, "search"):
+    with exclusive(run_dir, "search"):  # a folder it made is removed again if check_inputs refuses
+        check_inputs(cfg, args.config)
         return _search(args, cfg, run_dir)
+
+
+def check_inputs(cfg, source: str) -> None:  # noqa: ANN001 - a RunConfig
+    """What the run config names (model, space, latency models, text tasks) exists and fits, checked
+    cheaply before the run folder is made or the model is loaded."""
+    from pathlib import Path
+
+    from ..errors import HwnasUserError
+    from ..evaluate.tasks import TEXT_PREFIX
+    from ..latency import LatencyModel
+    from ..model import config_mlp_widths, load_config
+    from ..space import SearchSpace
+
+    config = load_config(cfg.model)
+    if cfg.space:
+        SearchSpace.load(cfg.space, num_layers=config.num_hidden_layers,
+                         intermediate_size=max(config_mlp_widths(config)))
+    for folder in cfg.latency_sources().values():
+        LatencyModel.load(folder)
+    for task in cfg.tasks:
+        if task.startswith(TEXT_PREFIX) and not Path(task[len(TEXT_PREFIX):]).expanduser().is_file():
+            raise HwnasUserError(f"{source}: task {task}: text file not found")
 
 
 def _search(args: argparse.Namespace, cfg, run_dir) -> int:  # noqa: ANN001

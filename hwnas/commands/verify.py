@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import emit_json
+from . import emit_json, positive_int
 
 NAME = "verify"
 HELP = "re-check an exported artifact: file hashes and outputs against its recorded reference"
@@ -12,7 +12,7 @@ HELP = "re-check an exported artifact: file hashes and outputs against its recor
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact", help="artifact folder written by hwnas export")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1)
 
 
 def run(args: argparse.Namespace) -> int:
