@@ -46,3 +46,8 @@ def is_number(x: object) -> bool:
         return math.isfinite(float(x))
     except OverflowError:  # an integer beyond float range
         return False
+
+
+def is_int(x: object) -> bool:
+    """An int, not a bool (JSON/YAML `true` is not a count)."""
+    return isinstance(x, int) and not isinstance(x, bool)

@@ -97,3 +97,23 @@ def truncate_jsonl(path: str | os.PathLike[str], keep: Any) -> list[dict[str, An
     recs = [r for r in read_jsonl(path) if keep(r)]
     write_text(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in recs))
     return recs
+
+
+def read_yaml_file(path: Path, what: str, error: type[Exception]) -> Any:
+    """A user's YAML file through `yaml.safe_load` (no tags that build Python objects); anything
+    unreadable is an `error` with one line of text."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise error(f"{what} not found: {path}") from exc
+    except IsADirectoryError as exc:
+        raise error(f"{path} is a folder; give a {what}") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not a text file (not UTF-8); give a YAML {what}") from exc
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or type(exc).__name__}") from exc
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise error(f"{path}: not valid YAML ({first})") from exc
+    except RecursionError as exc:
+        raise error(f"{path}: nested too deeply to be a {what}") from exc

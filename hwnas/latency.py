@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .errors import HwnasUserError
+from .errors import HwnasUserError, is_int
 from .fileio import append_jsonl, read_jsonl, write_text, write_yaml
 from .modeling import ParamCounter
 from .profile import HEADER_FILE, LUT_FILE, DeviceProfile
@@ -156,7 +156,7 @@ def _check_header(header: dict[str, Any], path: Path) -> None:
             raise fail(f"{k} must be text")
     widths = header["widths"]
     if not isinstance(widths, list) or not widths or not all(
-            isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+            is_int(w) and w > 0 for w in widths):
         raise fail("widths must be a list of positive integers")
     targets = header["targets"]
     if not isinstance(targets, dict) or not targets or not set(targets) <= set(TARGETS):
@@ -237,8 +237,8 @@ class LatencyModel:
 
     @classmethod
     def load(cls, folder: str | Path, profile: str | Path | None = None) -> LatencyModel:
+        from .fileio import read_yaml_file
         from .model import load_config
-        from .space import read_yaml_file
 
         folder = Path(folder)
         path = folder / HEADER

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from .errors import ModelLoadError, UnsupportedModelError
+from .errors import ModelLoadError, UnsupportedModelError, is_int
 from .fileio import sha256_file, write_json
 from .modeling import FAMILIES, Family, family_of, parameter_count
 
@@ -103,7 +103,7 @@ def _check_shape(config) -> None:  # noqa: ANN001
     """The sizes hwnas reads from a config are positive integers (a hand-edited config.json with
     num_hidden_layers: 0 would otherwise load as an empty model)."""
     def positive(x: object) -> bool:
-        return isinstance(x, int) and not isinstance(x, bool) and x > 0
+        return is_int(x) and x > 0
 
     bad = [k for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
            if not positive(getattr(config, k, None))]

@@ -81,7 +81,7 @@ class DeviceProfile:
     @classmethod
     def load(cls, folder: str | Path) -> DeviceProfile:
         """Read a profile folder (`profile.yaml` + `lut.csv`)."""
-        from .space import read_yaml_file
+        from .fileio import read_yaml_file
 
         folder = Path(folder)
         head = folder / HEADER_FILE

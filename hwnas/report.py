@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HwnasUserError
+from .errors import HwnasUserError, is_int
 from .fileio import append_jsonl, read_jsonl, write_text
 from .search import (
     COST_METRICS,
@@ -71,15 +71,12 @@ class Run:
         return [r for r, m in zip(self.records, pareto_mask(f)) if m]
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
 
 def _check_record(rec: dict[str, Any], cfg: RunConfig, store: Path) -> None:
     """A record of the store has what a report reads: its index and round, and a number for every
     objective (hwnas writes them so; anything else was edited or written by something else)."""
     where = f"{store}: record {rec.get('index')!r}"
-    if not _is_int(rec.get("index")) or not _is_int(rec.get("round")):
+    if not is_int(rec.get("index")) or not is_int(rec.get("round")):
         raise HwnasUserError(f"{store}: a record without an integer index and round; it was not written by "
                              "hwnas search (remove that line)")
     for o in cfg.objectives:

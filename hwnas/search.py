@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HwnasUserError, is_number
+from .errors import HwnasUserError, is_int, is_number
 from .fileio import append_jsonl, read_jsonl, write_json, write_yaml
 from .space import SearchSpace
 from .subnet import Subnet
@@ -95,7 +95,7 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        from .space import read_yaml_file
+        from .fileio import read_yaml_file
 
         data = read_yaml_file(Path(path), "run config", HwnasUserError)
         return cls.from_dict({} if data is None else data, source=str(path))
@@ -142,13 +142,13 @@ class RunConfig:
             t = data["tasks"]
             if not isinstance(t, list) or not t or not all(isinstance(x, str) and x.strip() for x in t):
                 raise fail("tasks", "a non-empty list of task names, e.g. [wikitext2, arc_easy]")
-        if "limit" in data and data["limit"] is not None and not (_is_int(data["limit"]) and data["limit"] > 0):
+        if "limit" in data and data["limit"] is not None and not (is_int(data["limit"]) and data["limit"] > 0):
             raise fail("limit", "a positive integer (items per task) or null for all")
-        if "ppl_windows" in data and not (_is_int(data["ppl_windows"]) and data["ppl_windows"] >= 0):
+        if "ppl_windows" in data and not (is_int(data["ppl_windows"]) and data["ppl_windows"] >= 0):
             raise fail("ppl_windows", "an integer >= 0 (0: the whole text)")
-        if "ppl_window" in data and not (_is_int(data["ppl_window"]) and data["ppl_window"] > 0):
+        if "ppl_window" in data and not (is_int(data["ppl_window"]) and data["ppl_window"] > 0):
             raise fail("ppl_window", "a positive integer (tokens)")
-        if "seed" in data and not _is_int(data["seed"]):
+        if "seed" in data and not is_int(data["seed"]):
             raise fail("seed", "an integer")
         lm = data.get("latency_model")
         if lm is not None and not (isinstance(lm, str) or (
@@ -158,7 +158,7 @@ class RunConfig:
             lat = data["latency"]
             keys = ("prefill", "decode", "batch")
             if not isinstance(lat, dict) or set(lat) - set(keys) or not all(
-                    _is_int(v) and v > 0 for v in lat.values()):
+                    is_int(v) and v > 0 for v in lat.values()):
                 raise fail("latency", "a mapping of prefill, decode and batch to positive integers")
             data["latency"] = {"prefill": 128, "decode": 32, "batch": 1, **lat}
         if "linas" in data:
@@ -224,9 +224,6 @@ CHANNEL_ORDERS = ("contrib", "act", "taylor", "none")
 LINAS_INTS = {"initial": 1, "rounds": 0, "per_round": 1, "inner_evaluations": 1, "population": 2}  # key: minimum
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
 
 
 
@@ -255,7 +252,7 @@ def _linas(value: Any, source: str) -> LinasConfig:
         raise HwnasUserError(f"{source}: unknown linas keys {unknown}; expected some of {known}")
     for k, v in value.items():
         if k in LINAS_INTS:
-            if not (_is_int(v) and v >= LINAS_INTS[k]):
+            if not (is_int(v) and v >= LINAS_INTS[k]):
                 raise HwnasUserError(f"{source}: linas.{k} must be an integer >= {LINAS_INTS[k]}, got {_short(v)}")
         elif not (is_number(v) and v >= 0 and (k != "crossover_prob" or v <= 1)):
             raise HwnasUserError(f"{source}: linas.{k} must be a number >= 0{' and <= 1' if k == 'crossover_prob' else ''}, "

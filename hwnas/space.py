@@ -30,8 +30,8 @@ from typing import Any
 
 import yaml
 
-from .errors import SpaceError
-from .fileio import write_yaml
+from .errors import SpaceError, is_int
+from .fileio import read_yaml_file, write_yaml
 
 WIDTH_MULTIPLE = 64  # hardware-friendly and what INT4 group-wise compression needs
 SCHEMA_VERSION = 1
@@ -239,28 +239,6 @@ class SearchSpace:
         write_yaml(path, self.to_dict())
 
 
-def read_yaml_file(path: Path, what: str, error: type[Exception]) -> Any:
-    """A user's YAML file through `yaml.safe_load` (no tags that build Python objects); anything
-    unreadable is an `error` with one line of text."""
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise error(f"{what} not found: {path}") from exc
-    except IsADirectoryError as exc:
-        raise error(f"{path} is a folder; give a {what}") from exc
-    except UnicodeDecodeError as exc:
-        raise error(f"{path}: not a text file (not UTF-8); give a YAML {what}") from exc
-    except OSError as exc:
-        raise error(f"cannot read {what} {path}: {exc.strerror or type(exc).__name__}") from exc
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise error(f"{path}: not valid YAML ({first})") from exc
-    except RecursionError as exc:
-        raise error(f"{path}: nested too deeply to be a {what}") from exc
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _mapping(source: str, key: str, value: Any) -> dict[str, Any]:
@@ -274,7 +252,7 @@ def _mapping(source: str, key: str, value: Any) -> dict[str, Any]:
 def _opt_int(source: str, key: str, value: Any) -> int | None:
     if value is None:
         return None
-    if not _is_int(value):
+    if not is_int(value):
         raise SpaceError(f"{source}: {key} must be an integer, got {value!r}"[:300])
     return value
 
@@ -282,7 +260,7 @@ def _opt_int(source: str, key: str, value: Any) -> int | None:
 def _int_list(source: str, key: str, value: Any) -> tuple[int, ...] | None:
     if value is None:
         return None
-    if not isinstance(value, list) or not all(_is_int(x) for x in value):
+    if not isinstance(value, list) or not all(is_int(x) for x in value):
         raise SpaceError(f"{source}: {key} must be a list of integers, got {value!r}"[:300])
     return tuple(value)
 

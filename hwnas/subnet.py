@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import SubnetError
+from .errors import SubnetError, is_int
 from .space import SearchSpace
 
 KEYS = ("layers", "mlp_widths")
@@ -57,7 +57,7 @@ class Subnet:
         if "layers" not in data:
             raise fail('missing "layers" (the indices of the base layers kept)')
         layers = data["layers"]
-        if not isinstance(layers, list) or not all(_is_int(i) for i in layers):
+        if not isinstance(layers, list) or not all(is_int(i) for i in layers):
             raise fail('"layers" must be a list of integers')
         if not layers:
             raise fail('"layers" is empty: keep at least one layer')
@@ -74,7 +74,7 @@ class Subnet:
         widths = data.get("mlp_widths")
         if widths is None:
             widths = [base_widths[i] for i in layers]
-        if not isinstance(widths, list) or not all(_is_int(w) for w in widths):
+        if not isinstance(widths, list) or not all(is_int(w) for w in widths):
             raise fail('"mlp_widths" must be a list of integers')
         if len(widths) != len(layers):
             raise fail(f'"mlp_widths" has {len(widths)} entries but "layers" has {len(layers)}')
@@ -110,15 +110,12 @@ class Subnet:
         or a latency model): lists of integers of equal length, no model needed."""
         ok = (isinstance(data, dict) and isinstance(data.get("layers"), list)
               and isinstance(data.get("mlp_widths"), list) and len(data["layers"]) == len(data["mlp_widths"])
-              and all(_is_int(x) for x in data["layers"] + data["mlp_widths"]))
+              and all(is_int(x) for x in data["layers"] + data["mlp_widths"]))
         if not ok:
             raise SubnetError(f'{source}: not a sub-network (expected {{"layers": [...], "mlp_widths": [...]}} '
                               "with integer lists of equal length)")
         return cls(tuple(data["layers"]), tuple(data["mlp_widths"]))
 
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _check_space(layers: list[int], widths: list[int], space: SearchSpace, fail) -> None:  # noqa: ANN001

@@ -603,13 +603,19 @@ def test_fuzz_subnet_parse(data):
     _user_error_or_none(lambda: Subnet.from_dict(data))
 
 
+def _fuzz_file(factory, name: str, text: str):  # noqa: ANN001, ANN202
+    """The fuzzed text written where a loader reads it (surrogates kept: invalid UTF-8 is a case too)."""
+    path = factory.getbasetemp() / name
+    path.write_bytes(text.encode("utf-8", errors="surrogatepass"))
+    return path
+
+
 @FUZZ
 @given(text=st.text(max_size=80) | JSON.map(json.dumps))
 def test_fuzz_subnet_load(text, tmp_path_factory):
     from hwnas.subnet import Subnet
 
-    path = tmp_path_factory.getbasetemp() / "fuzz-subnet.json"
-    path.write_bytes(text.encode("utf-8", errors="surrogatepass"))
+    path = _fuzz_file(tmp_path_factory, "fuzz-subnet.json", text)
     _user_error_or_none(lambda: Subnet.load(path, num_layers=4, intermediate_size=256))
 
 
@@ -637,8 +643,7 @@ def test_fuzz_space_from_dict(data):
 def test_fuzz_space_load(text, tmp_path_factory):
     from hwnas.space import SearchSpace
 
-    path = tmp_path_factory.getbasetemp() / "fuzz-space.yaml"
-    path.write_bytes(text.encode("utf-8", errors="surrogatepass"))
+    path = _fuzz_file(tmp_path_factory, "fuzz-space.yaml", text)
     _user_error_or_none(lambda: SearchSpace.load(path, num_layers=4, intermediate_size=256))
 
 
@@ -672,8 +677,7 @@ def test_fuzz_run_config(data):
 def test_fuzz_run_config_load(text, tmp_path_factory):
     from hwnas.search import RunConfig
 
-    path = tmp_path_factory.getbasetemp() / "fuzz-run.yaml"
-    path.write_bytes(text.encode("utf-8", errors="surrogatepass"))
+    path = _fuzz_file(tmp_path_factory, "fuzz-run.yaml", text)
     _user_error_or_none(lambda: RunConfig.load(path))
 
 
