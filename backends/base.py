@@ -266,6 +266,14 @@ class Backend:
         """Whether `prepare` can run from files already converted into `workdir` (no torch module)."""
         return False
 
+    @classmethod
+    def convert(cls, module: Any, io: Any, workdir: Path, config: Any) -> bool:
+        """Write this runtime's files for the graph into `workdir` (afterwards `has_artifacts` holds),
+        without loading them. Called in the process that builds the graph (the driver, for a whole
+        model composed in seconds), so the measuring worker only loads and runs files. Return
+        False when this backend converts inside `prepare` instead (then a worker of its own does)."""
+        return False
+
     # --- hooks --------------------------------------------------------------------------------
     def prepare(self, module: Any, io: Any, workdir: Path) -> None:
         """Convert/compile the graph (an `onnx_export` module with its `GraphIO`) for this runtime.

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 KINDS = ("model", "attention", "mlp", "head")
-FORMAT_VERSION = 1  # bump when onnx_export changes what it writes
+FORMAT_VERSION = 2  # bump when onnx_export changes what it writes (2: whole models composed from templates)
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,14 @@ class GraphSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GraphSpec:
         return cls(**d)
+
+
+def compose_enabled(compose: bool | None = None) -> bool:
+    """Whether whole-model graphs are composed from block templates (`onnx_compose`; the default)
+    or exported whole by dynamo (`compose=False` or $HWNAS_GRAPH_COMPOSE=0: the reference)."""
+    import os
+
+    return compose if compose is not None else os.environ.get("HWNAS_GRAPH_COMPOSE", "1") != "0"
 
 
 def graph_io(config, kind: str, n_layers: int) -> Any:  # noqa: ANN001
@@ -74,8 +82,34 @@ def build(spec: GraphSpec, loaded: Any = None) -> tuple[Any, Any]:
     return build_module(model, spec.kind, width=spec.width, layer=spec.layer)
 
 
-def graph_io_for(spec: GraphSpec) -> Any:
-    """The GraphIO of a spec from the model's config alone (no weights loaded)."""
+GRAPH_IO_FILE = "graph_io.json"
+
+
+def save_graph_io(io: Any, workdir: Any) -> None:
+    """Record the GraphIO beside converted files, so a measuring worker needs no model config."""
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from hwnas.fileio import write_text
+
+    write_text(Path(workdir) / GRAPH_IO_FILE, json.dumps(asdict(io), sort_keys=True) + "\n")
+
+
+def graph_io_for(spec: GraphSpec, workdir: Any = None) -> Any:
+    """The GraphIO of a spec: recorded beside its converted files, else from the model's config
+    alone (no weights loaded)."""
+    import json
+    from pathlib import Path
+
+    from .onnx_export import GraphIO
+
+    recorded = Path(workdir) / GRAPH_IO_FILE if workdir is not None else None
+    if recorded is not None and recorded.is_file():
+        try:
+            return GraphIO(**json.loads(recorded.read_text()))
+        except (ValueError, TypeError):
+            pass  # unreadable: derive it again below
     from hwnas.model import load_config
 
     config = load_config(spec.model)
@@ -110,7 +144,7 @@ def graph_cache_dir(spec: GraphSpec) -> Any:
     from hwnas.model import cache_root
 
     ident = {"spec": spec.to_dict(), "model": model_identity(spec.model), "torch": version("torch"),
-             "format": FORMAT_VERSION}
+             "format": FORMAT_VERSION, "composed": compose_enabled(None)}
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
     import os
 

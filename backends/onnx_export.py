@@ -128,6 +128,7 @@ class CausalLMWithPast(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         cfg = model.config
+        self.config = cfg  # the architecture (onnx_compose keys its templates on it)
         self.embed = model.model.embed_tokens
         self.attn = nn.ModuleList(AttentionBlock(layer, model.model.rotary_emb, cfg) for layer in model.model.layers)
         self.mlp = nn.ModuleList(MLPBlock(layer) for layer in model.model.layers)
@@ -190,13 +191,27 @@ def _dynamic_shapes(io: GraphIO):  # noqa: ANN202
 
 
 def export_onnx(module: nn.Module, io: GraphIO, path: str | Path, *, with_past: bool = True,
-                opset: int | None = None, ir_version: int | None = None) -> Path:
+                opset: int | None = None, ir_version: int | None = None, compose: bool | None = None,
+                external_data: bool | None = None) -> Path:
     """Export with `torch.onnx.export(dynamo=True)`: dynamic batch, tokens and past length.
     `with_past=False` writes a prefill-only graph (no cache inputs; presents still returned) for
     static-shape runtimes that cannot take a zero-length past. `opset` / `ir_version` pin older
-    formats for older runtimes (deepsparse 1.8's ORT reads IR <= 9)."""
+    formats for older runtimes (deepsparse 1.8's ORT reads IR <= 9). A whole model with a cache
+    is composed from cached block templates (`onnx_compose`, seconds) unless `compose=False` (or
+    $HWNAS_GRAPH_COMPOSE=0: a full dynamo export, the reference the composed graph is checked against);
+    `external_data=True` keeps a composed graph's weights in `graph.onnx.data` (faster to write)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from .graphs import compose_enabled
+
+    if compose_enabled(compose) and isinstance(module, CausalLMWithPast) and with_past and opset is None \
+            and ir_version is None:
+        from .onnx_compose import ComposeError, compose_onnx
+
+        try:
+            return compose_onnx(module, io, path, external_data=external_data)  # seconds, not a re-trace
+        except ComposeError:
+            pass
     past = io.make_past(2, 4) if with_past else []
     example = (io.make_x(2, 3), *past)  # sizes >= 2 so no dimension is specialized
     dyn = _dynamic_shapes(io)
@@ -217,15 +232,38 @@ def export_onnx(module: nn.Module, io: GraphIO, path: str | Path, *, with_past: 
     return path
 
 
-def convert_openvino(module: nn.Module, io: GraphIO, *, stateful: bool = True):  # noqa: ANN201
-    """`ov.convert_model` from the module; with a cache, make it stateful (the cache lives in the
-    runtime's variables and only `x` crosses the API). fp32 is kept: pass the result to
-    `save_openvino` (which does not compress to fp16) to write it."""
+def convert_openvino(module: nn.Module, io: GraphIO, *, stateful: bool = True,  # noqa: ANN201
+                     compose: bool | None = None):
+    """An OpenVINO model of the module: a whole model is read from its composed ONNX graph
+    (seconds; `compose` as in `export_onnx`), a block by `ov.convert_model` from the module; with a
+    cache, made stateful (the cache lives in the runtime's variables and only `x` crosses the API).
+    fp32 is kept: pass the result to `save_openvino` (which does not compress to fp16) to write it."""
     import openvino as ov
 
+    from .graphs import compose_enabled
+
+    if compose_enabled(compose) and isinstance(module, CausalLMWithPast):  # a whole model: composed ONNX
+        from .onnx_compose import ComposeError, compose_onnx
+
+        try:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="hwnas-ov-") as tmp:
+                path = compose_onnx(module, io, Path(tmp) / "graph.onnx", external_data=True)
+                model = ov.Core().read_model(str(path))
+                return finish_openvino(model, io, stateful=stateful)
+        except ComposeError:
+            pass
     example = (io.make_x(2, 3), *io.make_past(2, 4))
     with torch.no_grad():
         model = ov.convert_model(module, example_input=example)
+    return finish_openvino(model, io, stateful=stateful)
+
+
+def finish_openvino(model, io: GraphIO, *, stateful: bool = True):  # noqa: ANN001, ANN201
+    """Name the ports, make batch/tokens/past dynamic and (with a cache) make the model stateful."""
+    import openvino as ov
+
     for port, name in zip(model.inputs, io.input_names):
         port.get_tensor().set_names({name})
     for port, name in zip(model.outputs, io.output_names):

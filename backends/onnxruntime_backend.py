@@ -37,15 +37,22 @@ class OnnxRuntimeBackend(Backend):
     def versions(cls) -> dict[str, str]:
         return dist_versions("onnxruntime", "onnx", "onnxscript", "torch")
 
+    @classmethod
+    def convert(cls, module: Any, io: Any, workdir: Path, config: Any) -> bool:
+        from .onnx_export import export_onnx
+
+        path = Path(workdir) / "graph.onnx"
+        if not path.is_file():
+            export_onnx(module, io, path, external_data=True)  # a measurement graph: fastest to write
+        return True
+
     def prepare(self, module: Any, io: Any, workdir: Path) -> None:
         import onnxruntime as ort
 
-        from .onnx_export import export_onnx
-
         self.io = io
         path = Path(workdir) / "graph.onnx"
-        if module is not None and not path.is_file():
-            export_onnx(module, io, path)
+        if module is not None:
+            self.convert(module, io, workdir, self.config)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.config.threads
         opts.inter_op_num_threads = 1

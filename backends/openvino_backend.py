@@ -42,19 +42,24 @@ class OpenVinoBackend(Backend):
     def versions(cls) -> dict[str, str]:
         return dist_versions("openvino", "torch")
 
+    @classmethod
+    def convert(cls, module: Any, io: Any, workdir: Path, config: Any) -> bool:
+        from .onnx_export import convert_openvino, save_openvino
+
+        ir = Path(workdir) / cls._ir_name(config.stateful)
+        if not ir.is_file():
+            save_openvino(convert_openvino(module, io, stateful=config.stateful and io.n_layers_past > 0), ir)
+        return True
+
     def prepare(self, module: Any, io: Any, workdir: Path) -> None:
         import openvino as ov
-
-        from .onnx_export import convert_openvino, save_openvino
 
         self.io = io
         self.stateful = self.config.stateful and io.n_layers_past > 0
         ir = Path(workdir) / self._ir_name(self.config.stateful)
-        if ir.is_file():
-            model = ov.Core().read_model(str(ir))
-        else:
-            model = convert_openvino(module, io, stateful=self.stateful)
-            save_openvino(model, ir)
+        if module is not None:
+            self.convert(module, io, workdir, self.config)
+        model = ov.Core().read_model(str(ir))
         props = {"INFERENCE_NUM_THREADS": self.config.threads, "NUM_STREAMS": 1,
                  "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.config.precision}
         self.compiled = ov.Core().compile_model(model, self.config.device_name, props)

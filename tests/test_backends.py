@@ -189,3 +189,18 @@ def test_torch_cuda_backend(tiny_llama, tmp_path):
     be.prepare(module, io, tmp_path)
     m = be.decode(16)
     assert m.median_ms > 0 and m.peak_mem_mb > 0 and be.device().startswith("cuda")
+
+
+def test_import_hwnas_is_cheap_and_still_registers_with_transformers() -> None:
+    """`import hwnas` leaves transformers unimported (a measuring worker starts in ~1 s, not ~5 s),
+    and the per-layer-width classes are registered the moment transformers is imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hwnas, hwnas.errors, hwnas.fileio\n"
+            "assert 'transformers' not in sys.modules, 'import hwnas pulled in transformers'\n"
+            "from transformers import AutoConfig\n"
+            "print(AutoConfig.for_model('hwnas_llama').model_type)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "hwnas_llama"
