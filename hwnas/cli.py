@@ -24,6 +24,7 @@ COMMANDS = (
     "hwnas.commands.report",
     "hwnas.commands.latency",
     "hwnas.commands.export",
+    "hwnas.commands.baselines",
     "hwnas.commands.verify",
     "hwnas.commands.run",
     "hwnas.commands.eval",

@@ -448,16 +448,17 @@ def _versions(fmt: Format) -> dict[str, str]:
 
 
 def measure_artifact(folder: Path, fmt: Format, *, prefill: int = 128, decode: int = 32,
-                     threads: int = 1) -> dict[str, Any]:
+                     threads: int = 1, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Prefill / decode / peak memory of the artifact's own files on its backend, in a clean worker
     process that only loads and runs the artifact (so the peak RSS is the artifact's, not the
-    exporting process's)."""
+    exporting process's). `options`: backend config fields (e.g. `repeats`) on top of the format's."""
     from hwnas_backends.graphs import GraphSpec
     from hwnas_backends.worker import Task, run_isolated
 
     spec = GraphSpec("model", str(folder))
     tasks = [Task("prefill", tokens=prefill), Task("decode", context=prefill, steps=decode)]
-    res = run_isolated(fmt.backend, {"threads": threads, **fmt.backend_config}, spec, tasks, workdir=folder)
+    res = run_isolated(fmt.backend, {"threads": threads, **fmt.backend_config, **(options or {})}, spec, tasks,
+                       workdir=folder)
     p, d = res.measurements
     peak = max(p.peak_mem_mb, d.peak_mem_mb, res.peak_mem_mb)
     baseline = res.extra.get("baseline_mb")

@@ -136,17 +136,7 @@ def _sliced_mlp_forward(mlp, k: int) -> Callable[[torch.Tensor], torch.Tensor]: 
 
 def smallest_subnet(space: SearchSpace, layer_scores: list[float] | None) -> Subnet:
     """Minimum depth (least influential layers dropped) at the smallest width."""
-    n = space.num_layers
-    drop_n = n - min(space.allowed_depths)
-    if space.mode == "prefix":
-        layers = list(range(min(space.allowed_depths)))
-    else:
-        cand = list(space.droppable_layers)
-        if layer_scores:
-            cand.sort(key=lambda i: layer_scores[i])
-        dropped = set(cand[:drop_n])
-        layers = [i for i in range(n) if i not in dropped]
-    return Subnet(tuple(layers), (space.mlp_widths[0],) * len(layers))
+    return Subnet.dropping(space, layer_scores, space.num_layers - min(space.allowed_depths), space.mlp_widths[0])
 
 
 def _kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

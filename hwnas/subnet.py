@@ -40,6 +40,22 @@ class Subnet:
         return cls(tuple(range(num_layers)), (intermediate_size,) * num_layers)
 
     @classmethod
+    def dropping(cls, space: SearchSpace, layer_scores: list[float] | None, drop: int, width: int) -> Subnet:
+        """The space's `drop` least influential droppable layers removed (lowest `layer_scores`,
+        ShortGPT's block influence; the space's own order when None; the last layers for a
+        prefix space), every kept layer at MLP `width`."""
+        n = space.num_layers
+        if space.mode == "prefix":
+            layers = list(range(n - drop))
+        else:
+            cand = list(space.droppable_layers)
+            if layer_scores:
+                cand.sort(key=lambda i: layer_scores[i])
+            dropped = set(cand[:drop])
+            layers = [i for i in range(n) if i not in dropped]
+        return cls(tuple(layers), (width,) * len(layers))
+
+    @classmethod
     def parse(cls, data: Any, *, num_layers: int, intermediate_size: int | list[int],
               space: SearchSpace | None = None, source: str = "subnet") -> Subnet:
         """Validate a decoded JSON object against the base model (and the space, if given).
