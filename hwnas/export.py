@@ -102,6 +102,7 @@ def _write_onnx_int8(ctx: ExportContext) -> None:
     quantize_dynamic(str(tmp), str(ctx.out / "graph.onnx"), weight_type=QuantType.QInt8,
                      per_channel=bool(ctx.options.get("per_channel", True)))
     tmp.unlink()
+    tmp.with_name(f"{tmp.name}.data").unlink(missing_ok=True)  # a > 2 GB model's weights beside it
 
 
 def _write_ov(ctx: ExportContext, compress: dict[str, Any] | None) -> None:
