@@ -267,12 +267,12 @@ class Backend:
         return False
 
     @classmethod
-    def convert(cls, module: Any, io: Any, workdir: Path, config: Any) -> bool:
+    def convert(cls, module: Any, io: Any, workdir: Path, config: Any) -> None:
         """Write this runtime's files for the graph into `workdir` (afterwards `has_artifacts` holds),
         without loading them. Called in the process that builds the graph (the driver, for a whole
-        model composed in seconds), so the measuring worker only loads and runs files. Return
-        False when this backend converts inside `prepare` instead (then a worker of its own does)."""
-        return False
+        model composed in seconds), so the measuring worker only loads and runs files. A backend
+        that does not override it converts inside `prepare`, in a worker process of its own."""
+        raise NotImplementedError
 
     # --- hooks --------------------------------------------------------------------------------
     def prepare(self, module: Any, io: Any, workdir: Path) -> None:

@@ -38,13 +38,12 @@ class OnnxRuntimeBackend(Backend):
         return dist_versions("onnxruntime", "onnx", "onnxscript", "torch")
 
     @classmethod
-    def convert(cls, module: Any, io: Any, workdir: Path, config: Any) -> bool:
+    def convert(cls, module: Any, io: Any, workdir: Path, config: Any) -> None:
         from .onnx_export import export_onnx
 
         path = Path(workdir) / "graph.onnx"
         if not path.is_file():
             export_onnx(module, io, path, external_data=True)  # a measurement graph: fastest to write
-        return True
 
     def prepare(self, module: Any, io: Any, workdir: Path) -> None:
         import onnxruntime as ort

@@ -43,13 +43,12 @@ class OpenVinoBackend(Backend):
         return dist_versions("openvino", "torch")
 
     @classmethod
-    def convert(cls, module: Any, io: Any, workdir: Path, config: Any) -> bool:
+    def convert(cls, module: Any, io: Any, workdir: Path, config: Any) -> None:
         from .onnx_export import convert_openvino, save_openvino
 
         ir = Path(workdir) / cls._ir_name(config.stateful)
         if not ir.is_file():
             save_openvino(convert_openvino(module, io, stateful=config.stateful and io.n_layers_past > 0), ir)
-        return True
 
     def prepare(self, module: Any, io: Any, workdir: Path) -> None:
         import openvino as ov

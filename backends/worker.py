@@ -92,21 +92,17 @@ def run_tasks(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: list
 
 def convert_graph(backend: str, config: dict[str, Any], spec: GraphSpec, workdir: str | Path,
                   loaded: Any = None) -> bool:
-    """Convert the graph into `workdir` in this process, if the backend converts outside `prepare`
-    (`Backend.convert`); True when the files are there afterwards."""
+    """Convert the graph into `workdir` in this process if the backend overrides `Backend.convert`;
+    False when it converts inside `prepare` instead (a worker process must do it)."""
     from .graphs import build, save_graph_io
 
     cls = backend_class(backend)
-    cfg = cls.CONFIG.from_dict(config)
-    workdir = Path(workdir)
-    if cls.has_artifacts(workdir, cfg):
-        return True
-    if cls.convert.__func__ is Backend.convert.__func__:  # converts inside prepare: a worker does it
+    if cls.convert.__func__ is Backend.convert.__func__:
         return False
     module, io = build(spec, loaded)
+    workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if not cls.convert(module, io, workdir, cfg):
-        return False
+    cls.convert(module, io, workdir, cls.CONFIG.from_dict(config))
     save_graph_io(io, workdir)
     return True
 

@@ -94,14 +94,23 @@ def recipes(sn: Any, *, widths: list[int], drops: list[int]) -> list[Recipe]:
     return out
 
 
-def backend_formats(backend: str) -> list[str]:
-    """Every export format measured on this backend whose libraries are installed."""
+def backend_formats(backend: str, wanted: list[str] | None = None) -> list[str]:
+    """`wanted` (default: every export format measured on this backend whose libraries are
+    installed), refused in one line if one of them is not such a format."""
     import importlib.util
 
     from .export import FORMATS
 
-    return [n for n, f in FORMATS.items() if f.backend == backend
-            and all(importlib.util.find_spec(m) for m in f.requires)]
+    avail = [n for n, f in FORMATS.items() if f.backend == backend
+             and all(importlib.util.find_spec(m) for m in f.requires)]
+    for f in wanted or []:
+        if f not in avail:
+            raise HwnasUserError(f"--formats: {f} is not an installed {backend} format; {backend} runs: "
+                                 f"{', '.join(avail) or 'none here'}")
+    formats = list(wanted) if wanted else avail
+    if not formats:
+        raise HwnasUserError(f"no export format runs on {backend} here (see `hwnas backends`)")
+    return formats
 
 
 def artifact_perplexity(folder: Path, windows: list[np.ndarray], threads: int = 1) -> float:
@@ -119,29 +128,27 @@ def artifact_perplexity(folder: Path, windows: list[np.ndarray], threads: int = 
 
 
 def torch_perplexity(model: Any, windows: list[np.ndarray]) -> float:
+    """The torch model's perplexity on the same (consecutive, equal) windows."""
     import torch
 
     from .evaluate.perplexity import perplexity
 
-    nll, n = 0.0, 0
-    for ids in windows:
-        r = perplexity(model, torch.as_tensor(ids), window=len(ids), max_windows=1)
-        nll += math.log(r.ppl) * r.tokens
-        n += r.tokens
-    return math.exp(nll / n)
+    ids = torch.as_tensor(np.concatenate(windows))
+    return perplexity(model, ids, window=len(windows[0]), max_windows=len(windows)).ppl
 
 
 def heldout_windows(tokenizer: Any, n: int, length: int, data_dir: Any = None) -> list[np.ndarray]:
-    """`n` consecutive windows of `length` tokens from the second half of WikiText-2 test (the
-    search scores the start of it)."""
-    from .evaluate.perplexity import load_text
+    """`n` consecutive windows of `length` tokens of the export's held-out text (the second half of
+    WikiText-2 test; the search scores the start of it)."""
+    from .data import find_data_file
+    from .evaluate.perplexity import WIKITEXT2
+    from .export import heldout_tokens
 
-    text = load_text(data_dir=data_dir)
-    text = text[len(text) // 2:]
-    ids = tokenizer(text[: 8 * n * length], add_special_tokens=False)["input_ids"]
+    find_data_file(WIKITEXT2, data_dir)  # a missing data folder is an error here, not a fallback sentence
+    ids = heldout_tokens(tokenizer, n * length, data_dir)
     if len(ids) < n * length:
-        raise HwnasUserError(f"WikiText-2 test's second half has {len(ids)} tokens; need {n}x{length}")
-    return [np.asarray(ids[i * length:(i + 1) * length], dtype=np.int64) for i in range(n)]
+        raise HwnasUserError(f"the held-out WikiText-2 text has {len(ids)} tokens; need {n}x{length}")
+    return [ids[i * length:(i + 1) * length] for i in range(n)]
 
 
 def _spread(xs: list[float]) -> dict[str, float]:
@@ -161,14 +168,7 @@ def run_baselines(sn: Any, backend: str, out: str | Path, *, formats: list[str] 
     from .outdir import claim_dir, exclusive
 
     say = progress or (lambda _m: None)
-    avail = backend_formats(backend)
-    formats = list(formats) if formats else avail
-    bad = [f for f in formats if f not in avail]
-    if bad:
-        raise HwnasUserError(f"format {bad[0]} is not an installed {backend} format; {backend} runs: "
-                             f"{', '.join(avail) or 'none here'}")
-    if not formats:
-        raise HwnasUserError(f"no export format runs on {backend} here (see `hwnas backends`)")
+    formats = backend_formats(backend, formats)
     out = claim_dir(out, "baselines")
     windows = heldout_windows(sn.base.tokenizer, ppl_windows, ppl_window, data_dir)
     previous = {}
@@ -187,10 +187,11 @@ def run_baselines(sn: Any, backend: str, out: str | Path, *, formats: list[str] 
                 folder = out / "points" / f"{r.name}-{fmt}"
                 p = Point(r.name, r.kind, fmt, r.subnet.to_dict(), str(folder))
                 done = previous.get((r.name, fmt))
-                if not (done and done.get("ppl") and (folder / "manifest.json").is_file()
-                        and read_manifest(folder).get("subnet") == p.subnet):
+                m = read_manifest(folder) if done and done.get("ppl") and (folder / "manifest.json").is_file() \
+                    else None
+                if m is None or m.get("subnet") != p.subnet:
                     say(f"exporting {p.label}")
-                    export(sn, r.subnet, fmt, folder, data_dir=data_dir, measure=False, threads=threads)
+                    m = export(sn, r.subnet, fmt, folder, data_dir=data_dir, measure=False, threads=threads)
                     say(f"scoring {p.label} through {backend} ({ppl_windows}x{ppl_window} tokens)")
                     p.ppl = artifact_perplexity(folder, windows, threads)
                     if torch_ppl is None:
@@ -199,7 +200,6 @@ def run_baselines(sn: Any, backend: str, out: str | Path, *, formats: list[str] 
                 else:
                     p.ppl, p.ppl_torch = done["ppl"], done["ppl_torch"]
                     torch_ppl = p.ppl_torch
-                m = read_manifest(folder)
                 p.params, p.size_mb = m["parameters"], m["size_mb"]
                 points.append(p)
                 write_json(out / RESULT, _result(sn, backend, points, windows, rounds, prefill, decode, threads,
