@@ -260,6 +260,10 @@ class Backend:
         return f"cpu:{_cpu_model()}"
 
     CONVERTS: ClassVar[bool] = False  # True: prepare() writes converted graphs into the workdir
+    # weight formats this runtime runs besides fp32, as `hwnas.compression.Scheme`s (the numerics its
+    # quantization library produces): what a space's compression genes may propose for it. A
+    # backend that lists any applies the graph module's `weights` plan in `convert` / `prepare`.
+    WEIGHT_FORMATS: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def has_artifacts(cls, workdir: Path, config: Any) -> bool:

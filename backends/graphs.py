@@ -22,9 +22,13 @@ class GraphSpec:
     subnet: dict[str, list[int]] | None = None  # kind == "model": which sub-network (None: full)
     width: int | None = None  # kind == "mlp": MLP width (first k channels)
     layer: int = 0
+    weights: str | None = None  # an operator block's weight format (None: fp32); a model's is its subnet's
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["weights"] is None:
+            del d["weights"]  # fp32 specs keep the keys (and graph caches) they had before formats
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GraphSpec:
@@ -51,8 +55,11 @@ def graph_io(config, kind: str, n_layers: int) -> Any:  # noqa: ANN001
     return GraphIO(x_kind, config.hidden_size, config.vocab_size, past, kv, head_dim)
 
 
-def build_module(model: Any, kind: str, *, width: int | None = None, layer: int = 0) -> tuple[Any, Any]:
-    """The module and GraphIO of one graph over an in-memory transformers model."""
+def build_module(model: Any, kind: str, *, width: int | None = None, layer: int = 0,
+                 weights: Any = None) -> tuple[Any, Any]:
+    """The module and GraphIO of one graph over an in-memory transformers model. `weights`: the
+    format(s) the runtime stores its weights in (`hwnas.compression.weight_plan`; None: fp32), kept
+    on the module as `module.weights` for the backend's `convert`."""
     from .onnx_export import AttentionBlock, CausalLMWithPast, HeadBlock, MLPBlock
 
     layers = model.model.layers
@@ -66,6 +73,8 @@ def build_module(model: Any, kind: str, *, width: int | None = None, layer: int 
         module = HeadBlock(model)
     else:
         raise ValueError(f"unknown graph kind {kind!r}; expected one of {KINDS}")
+    if weights is not None and not (isinstance(weights, str) and weights == "fp32"):
+        module.weights = weights
     return module.eval(), graph_io(model.config, kind, len(layers))
 
 
@@ -76,10 +85,13 @@ def build(spec: GraphSpec, loaded: Any = None) -> tuple[Any, Any]:
 
     base = loaded if loaded is not None else load_model(spec.model)
     model = base.model
+    weights: Any = spec.weights
     if spec.kind == "model" and spec.subnet is not None:
         sn = Supernet(base)
-        model = sn.materialize(sn.parse_subnet(spec.subnet), share_weights=True)
-    return build_module(model, spec.kind, width=spec.width, layer=spec.layer)
+        subnet = sn.parse_subnet(spec.subnet)
+        model = sn.materialize(subnet.architecture, share_weights=True)
+        weights = subnet.compression
+    return build_module(model, spec.kind, width=spec.width, layer=spec.layer, weights=weights)
 
 
 GRAPH_IO_FILE = "graph_io.json"

@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hwnas.compression import PLAIN, Scheme, weight_plan
+
 from .base import Backend, BackendConfig, dist_versions
+
+# what `quantize_dynamic(weight_type=QInt8, per_channel=True)` stores: MatMul weights int8 symmetric
+# per output column (range [-127, 127]), inputs quantized per tensor to uint8 at run time
+# (DynamicQuantizeLinear); a Gather's table (the embedding) uint8 asymmetric per tensor
+INT8 = Scheme("int8", bits=8, symmetric=True, group_size=None, activations="dynamic-u8",
+              embed=Scheme("int8-table", bits=8, symmetric=False, group_size=0),
+              description="quantize_dynamic: int8 weights per output channel, uint8 activations per tensor at run time")
 
 
 @dataclass
@@ -19,6 +28,7 @@ class OnnxRuntimeBackend(Backend):
     NAME = "onnxruntime"
     CONFIG = OnnxRuntimeConfig
     CONVERTS = True
+    WEIGHT_FORMATS = {"int8": INT8}
 
     @classmethod
     def has_artifacts(cls, workdir: Path, config: Any) -> bool:
@@ -42,8 +52,15 @@ class OnnxRuntimeBackend(Backend):
         from .onnx_export import export_onnx
 
         path = Path(workdir) / "graph.onnx"
-        if not path.is_file():
+        if path.is_file():
+            return
+        plan = getattr(module, "weights", None)
+        if plan is None:
             export_onnx(module, io, path, external_data=True)  # a measurement graph: fastest to write
+            return
+        tmp = path.with_name(".fp32.onnx")
+        export_onnx(module, io, tmp, external_data=True)
+        quantize_onnx(tmp, path, plan, external_data=True)
 
     def prepare(self, module: Any, io: Any, workdir: Path) -> None:
         import onnxruntime as ort
@@ -75,3 +92,40 @@ class OnnxRuntimeBackend(Backend):
 
     def outputs(self) -> Any:
         return self._out
+
+
+def quantize_onnx(src: Path, dst: Path, weights: Any, *, external_data: bool | None = None) -> dict[str, int]:
+    """Write `src` (an fp32 graph) to `dst` with each weight in the format `weights` gives it (a
+    Compression, or one format name for every weight): ONNX Runtime's `quantize_dynamic` on
+    exactly the MatMul / Gather nodes whose weight is to be int8. Removes `src` (and its data).
+    Returns how many nodes were quantized and kept fp32."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = Path(src), Path(dst)
+    plan = weight_plan(weights)
+    graph = onnx.load(str(src), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    chosen, kept = [], 0
+    for node in graph.node:
+        weight = {"MatMul": 1, "Gather": 0}.get(node.op_type)
+        if weight is None or len(node.input) <= weight or node.input[weight] not in inits:
+            continue
+        fmt = plan(node.input[weight])
+        if fmt == PLAIN:
+            kept += 1
+        elif fmt == "int8":
+            chosen.append(node.name)
+        else:
+            raise ValueError(f"onnxruntime has no weight format {fmt!r}")
+    size = src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(f"{src.name}.data"))
+    external = size > 1_800_000_000 if external_data is None else external_data
+    if chosen:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_quantize=chosen, use_external_data_format=external)
+    else:  # nothing to quantize: the fp32 graph is the answer
+        onnx.save(onnx.load(str(src)), str(dst), save_as_external_data=external,
+                  location=f"{dst.name}.data" if external else None)
+    src.unlink()
+    src.with_name(f"{src.name}.data").unlink(missing_ok=True)
+    return {"quantized": len(chosen), "fp32": kept}

@@ -42,6 +42,7 @@ class ExportContext:
     tokenizer: Any
     out: Path
     options: dict[str, Any] = field(default_factory=dict)
+    compression: Any = None  # hwnas.compression.Compression the runtime files must carry (None: fp32)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class Format:
     check: Callable[[ExportContext], None] | None = None
     backend_config: dict[str, Any] = field(default_factory=dict)
     runner: str | None = None  # the plugin that runs it for verify/run when `backend` only times (deepsparse)
+    weights: str | None = None  # the one weight format it stores every block in (onnx-int8: int8)
+    per_block: bool = False  # writes a compressed sub-network's per-block formats (`ctx.compression`)
 
 
 FORMATS: dict[str, Format] = {}
@@ -62,18 +65,19 @@ FORMATS: dict[str, Format] = {}
 
 def register_format(name: str, backend: str, description: str, precision: str, requires: tuple[str, ...] = (),
                     check: Callable[[ExportContext], None] | None = None,
-                    backend_config: dict[str, Any] | None = None, runner: str | None = None):  # noqa: ANN201
+                    backend_config: dict[str, Any] | None = None, runner: str | None = None,
+                    weights: str | None = None, per_block: bool = False):  # noqa: ANN201
     def deco(fn: Callable[[ExportContext], None]) -> Callable[[ExportContext], None]:
         FORMATS[name] = Format(name, backend, description, precision, fn, requires, check, backend_config or {},
-                               runner)
+                               runner, weights, per_block)
         return fn
     return deco
 
 
-def _graph(model) -> tuple[Any, Any]:  # noqa: ANN001
+def _graph(model, weights: Any = None) -> tuple[Any, Any]:  # noqa: ANN001
     from hwnas_backends.graphs import build_module
 
-    return build_module(model, "model")
+    return build_module(model, "model", weights=weights)
 
 
 @register_format("hf", "torch", "HF safetensors folder (transformers loads it; fp32)", "fp32")
@@ -81,28 +85,25 @@ def _write_hf(ctx: ExportContext) -> None:
     ctx.model.save_pretrained(ctx.out)
 
 
-@register_format("onnx", "onnxruntime", "ONNX with past key values, one graph for prefill and decode (fp32)",
-                 "fp32", requires=("onnxruntime", "onnx", "onnxscript"))
+@register_format("onnx", "onnxruntime", "ONNX with past key values, one graph for prefill and decode (fp32, "
+                 "or a compressed sub-network's per-block weight formats)", "fp32",
+                 requires=("onnxruntime", "onnx", "onnxscript"), per_block=True)
 def _write_onnx(ctx: ExportContext) -> None:
     from hwnas_backends.onnx_export import export_onnx
+    from hwnas_backends.onnxruntime_backend import quantize_onnx
 
     module, io = _graph(ctx.model)
-    export_onnx(module, io, ctx.out / "graph.onnx")
-
-
-@register_format("onnx-int8", "onnxruntime", "ONNX Runtime dynamic quantization (INT8 weights, "
-                 "activations quantized at run time)", "int8", requires=("onnxruntime", "onnx", "onnxscript"))
-def _write_onnx_int8(ctx: ExportContext) -> None:
-    from hwnas_backends.onnx_export import export_onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    module, io = _graph(ctx.model)
+    if ctx.compression is None:
+        export_onnx(module, io, ctx.out / "graph.onnx")
+        return
     tmp = ctx.out / ".fp32.onnx"
     export_onnx(module, io, tmp)
-    quantize_dynamic(str(tmp), str(ctx.out / "graph.onnx"), weight_type=QuantType.QInt8,
-                     per_channel=bool(ctx.options.get("per_channel", True)))
-    tmp.unlink()
-    tmp.with_name(f"{tmp.name}.data").unlink(missing_ok=True)  # a > 2 GB model's weights beside it
+    quantize_onnx(tmp, ctx.out / "graph.onnx", ctx.compression)  # removes tmp and its data
+
+
+register_format("onnx-int8", "onnxruntime", "ONNX Runtime dynamic quantization (INT8 weights per channel, "
+                "activations quantized at run time), every block", "int8",
+                requires=("onnxruntime", "onnx", "onnxscript"), weights="int8", per_block=True)(_write_onnx)
 
 
 def _write_ov(ctx: ExportContext, compress: dict[str, Any] | None) -> None:
@@ -339,8 +340,9 @@ def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path |
     say = progress or (lambda _m: None)
     out = Path(out)
     check_out(out, "export", legacy=is_unmarked_artifact)
-    model = sn.materialize(subnet)
-    ctx = ExportContext(model, sn.base.tokenizer, out, dict(options or {}))
+    compression = _compression_for(subnet, fmt)
+    model = sn.materialize(subnet.architecture)
+    ctx = ExportContext(model, sn.base.tokenizer, out, dict(options or {}), compression)
     if fmt.check:  # device / shape requirements first: they say what to do instead
         fmt.check(ctx)
     missing = [m for m in fmt.requires if importlib.util.find_spec(m) is None]
@@ -353,17 +355,47 @@ def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path |
     return manifest
 
 
+def _compression_for(subnet: Any, fmt: Format) -> Any:
+    """The per-block weight formats the artifact must carry: the format's own (onnx-int8) or the
+    compressed sub-network's; refused where the format cannot write them."""
+    from .compression import Compression, schemes_of
+
+    if fmt.weights:
+        if subnet.compression is not None:
+            base = next((f.name for f in FORMATS.values() if f.backend == fmt.backend and f.per_block
+                         and not f.weights), None)
+            raise ExportError(f"the sub-network carries its own weight formats ({subnet.compression.summary()}); "
+                              f"export it with --format {base or 'a per-block format'}, not {fmt.name}")
+        return Compression.uniform(fmt.weights, subnet.depth)
+    if subnet.compression is None:
+        return None
+    if not fmt.per_block:
+        able = ", ".join(f.name for f in FORMATS.values() if f.per_block and not f.weights) or "none"
+        raise ExportError(f"format {fmt.name} cannot write a sub-network's per-block weight formats "
+                          f"({subnet.compression.summary()}); formats that can: {able}")
+    subnet.compression.check(schemes_of(fmt.backend), fmt.backend)
+    return subnet.compression
+
+
 def _write_artifact(sn: Any, subnet: Any, fmt: Format, ctx: ExportContext, *, data_dir: Any, measure: bool,
                     prefill: int, decode: int, threads: int, latency_model: Any,
                     say: Callable[[str], None]) -> dict[str, Any]:
     """Everything `export` puts in the (temporary) artifact folder `ctx.out`; returns the manifest."""
     from . import __version__
+    from .compression import schemes_of, simulate
     from .modeling import parameter_count
 
     model, fmt_name = ctx.model, fmt.name
     ids = heldout_tokens(sn.base.tokenizer, data_dir=data_dir)
+    reference_model = model
+    if ctx.compression is not None:  # verified against the torch simulation of the runtime's numerics
+        reference_model = simulate(sn.materialize(subnet.architecture, share_weights=True), ctx.compression,
+                                   schemes_of(fmt.backend))
     with torch.no_grad():  # before writing: a format may change the weights (pruning)
-        ref = model(input_ids=torch.as_tensor(ids[None])).logits[0, :-1].float().numpy()
+        ref = reference_model(input_ids=torch.as_tensor(ids[None])).logits[0, :-1].float().numpy()
+        ref_fp32 = ref if reference_model is model else \
+            model(input_ids=torch.as_tensor(ids[None])).logits[0, :-1].float().numpy()
+    del reference_model
     t0 = time.perf_counter()
     say(f"writing {fmt_name}")
     fmt.write(ctx)
@@ -376,6 +408,8 @@ def _write_artifact(sn: Any, subnet: Any, fmt: Format, ctx: ExportContext, *, da
     be, io = open_runtime(ctx.out, {"format": fmt_name}, threads=threads)
     got = stream_logits(be, io, ids)
     verification = compare(ref, got, ids[1:])
+    if ref_fp32 is not ref:  # what the compression costs against the fp32 sub-network
+        verification["vs_fp32"] = compare(ref_fp32, got, ids[1:])
     top5 = np.argsort(-ref, axis=-1)[:, :5]
     reference = {"tokens": ids.tolist(), "top5_index": top5.tolist(),
                  "top5_logit": np.take_along_axis(ref, top5, -1).round(5).tolist()}
@@ -409,11 +443,14 @@ def _write_artifact(sn: Any, subnet: Any, fmt: Format, ctx: ExportContext, *, da
         "source": {"model": sn.base.spec, "sha256": sn.base.source_hash,
                    "channel_order": sn.order.method if sn.order else None},
         "subnet": subnet.to_dict(),
+        "compression": ctx.compression.to_dict() if ctx.compression is not None else None,
         "parameters": params,
         "options": ctx.options,
         "files": files,
         "size_mb": round(sum((ctx.out / f).stat().st_size for f in files) / 1e6, 2),
-        "verification": {**verification, "reference": reference},
+        "verification": {**verification, "reference": reference,
+                         "against": "torch, fp32" if ctx.compression is None else
+                         f"torch simulation of {fmt.backend}'s weight formats"},
         "measured": measured,
         "predicted": predicted,
         "roofline": {"bandwidth_gbs": roof["bandwidth_gbs"], "weight_bytes": weight_bytes,

@@ -87,30 +87,47 @@ class FeatureBuilder:
         self.peak_gflops = float(roof.get("peak_gflops") or 0) or None
         self._cache: dict[tuple, tuple[float, float, np.ndarray]] = {}
 
-    def _lut(self, phase: str, tokens: int, context: int, batch: int) -> tuple[float, float, np.ndarray]:
-        key = (phase, tokens, context, batch)
+    def _lut(self, phase: str, tokens: int, context: int, batch: int,
+             fmt: str = "fp32") -> tuple[float, float, np.ndarray]:
+        key = (phase, tokens, context, batch, fmt)
         if key not in self._cache:
-            kw = {"tokens": tokens, "context": context, "batch": batch}
-            attn = self.profile.lookup("attention", phase, **kw)
-            head = self.profile.lookup("head", phase, **kw)
-            mlp = np.asarray([self.profile.lookup("mlp", phase, width=int(w), **kw) for w in self.widths])
+            kw = {"tokens": tokens, "context": context, "batch": batch, "format": fmt}
+            try:
+                attn = self.profile.lookup("attention", phase, **kw)
+                head = self.profile.lookup("head", phase, **kw)
+                mlp = np.asarray([self.profile.lookup("mlp", phase, width=int(w), **kw) for w in self.widths])
+            except HwnasUserError as exc:
+                raise LatencyModelError(f"the device profile cannot time weight format {fmt}: {exc}") from exc
             self._cache[key] = (attn, head, mlp)
         return self._cache[key]
 
     def build(self, keep: np.ndarray, widths: np.ndarray, phase: str, tokens: int, context: int,
-              batch: int) -> np.ndarray:
-        """(n, len(FEATURES)) for rows of a keep mask and per-layer widths."""
-        attn, head, mlp = self._lut(phase, tokens, context, batch)
+              batch: int, formats: Formats | None = None) -> np.ndarray:
+        """(n, len(FEATURES)) for rows of a keep mask and per-layer widths (and weight formats:
+        each block's lookup-table entry in its own format)."""
         idx = np.searchsorted(self.widths, widths)
         if (idx >= len(self.widths)).any() or (self.widths[np.minimum(idx, len(self.widths) - 1)] != widths)[keep].any():
             missing = sorted(set(widths[keep].tolist()) - set(self.widths.tolist()))
             raise LatencyModelError(f"MLP widths {missing} are not in the device profile's grid")
+        idx = np.minimum(idx, len(self.widths) - 1)
         depth = keep.sum(1).astype(float)
-        lut_mlp = np.where(keep, mlp[np.minimum(idx, len(mlp) - 1)], 0.0).sum(1)
-        lut_attn = depth * attn
+        if plain(formats):
+            attn, head, mlp = self._lut(phase, tokens, context, batch)
+            lut_mlp = np.where(keep, mlp[idx], 0.0).sum(1)
+            lut_attn = depth * attn
+            head = np.full(len(keep), head)
+            weight_bytes = self.shape.counter.weight_bytes(keep, widths).astype(float)
+        else:
+            f_attn, f_mlp, _f_embed, f_head = formats
+            lut_attn, lut_mlp, head = np.zeros(len(keep)), np.zeros(len(keep)), np.zeros(len(keep))
+            for fmt in set(np.concatenate([f_attn[keep], f_mlp[keep], f_head]).tolist()):
+                a, h, m = self._lut(phase, tokens, context, batch, fmt)
+                lut_attn += (keep & (f_attn == fmt)).sum(1) * a
+                lut_mlp += np.where(keep & (f_mlp == fmt), m[idx], 0.0).sum(1)
+                head += np.where(f_head == fmt, h, 0.0)
+            weight_bytes = self.shape.counter.weight_bytes(keep, widths, format_bits(formats)).astype(float)
         lut_sum = lut_attn + lut_mlp + head
         params = self.shape.counter.params(keep, widths).astype(float)
-        weight_bytes = params * 4.0
         kv_ctx = tokens if phase == "prefill" else context
         kv_bytes = 2.0 * depth * self.shape.kv_heads * self.shape.head_dim * kv_ctx * 4.0 * batch
         n_tok = tokens * batch if phase == "prefill" else batch
@@ -119,20 +136,42 @@ class FeatureBuilder:
         roof_flops = flops / (self.peak_gflops * 1e9) * 1e3 if self.peak_gflops else np.zeros_like(params)
         kept_w = np.where(keep, widths, np.nan).astype(float)
         feats = np.column_stack([
-            lut_sum, lut_attn, lut_mlp, np.full_like(params, head), roof_bytes, roof_flops, weight_bytes / 1e6,
+            lut_sum, lut_attn, lut_mlp, head, roof_bytes, roof_flops, weight_bytes / 1e6,
             kv_bytes / 1e6, depth, np.nanmean(kept_w, 1), np.nanmin(kept_w, 1), np.nanmax(kept_w, 1),
             np.nanstd(kept_w, 1), np.full_like(params, batch), np.full_like(params, tokens),
             np.full_like(params, context)])
         return feats
 
 
-def subnet_arrays(subnets: Sequence[Subnet], num_layers: int) -> tuple[np.ndarray, np.ndarray]:
+Formats = tuple  # (attention (pop, layers), MLP (pop, layers), embedding (pop,), head (pop,)) format names
+
+
+def subnet_arrays(subnets: Sequence[Subnet], num_layers: int, with_formats: bool = False) -> tuple:
+    """Keep mask and per-layer widths of sub-networks; with `with_formats`, also their weight
+    formats (`Formats`; fp32 for dropped layers and uncompressed sub-networks)."""
     keep = np.zeros((len(subnets), num_layers), dtype=bool)
     widths = np.zeros((len(subnets), num_layers), dtype=np.int64)
+    attn = np.full((len(subnets), num_layers), "fp32", dtype=object)
+    mlp, embed, head = attn.copy(), np.full(len(subnets), "fp32", dtype=object), np.full(len(subnets), "fp32", dtype=object)
     for r, s in enumerate(subnets):
         keep[r, list(s.layers)] = True
         widths[r, list(s.layers)] = s.mlp_widths
-    return keep, widths
+        if s.compression is not None:
+            attn[r, list(s.layers)] = s.compression.attn
+            mlp[r, list(s.layers)] = s.compression.mlp
+            embed[r], head[r] = s.compression.embed, s.compression.head
+    return (keep, widths, (attn, mlp, embed, head)) if with_formats else (keep, widths)
+
+
+def format_bits(formats: Formats) -> tuple[np.ndarray, ...]:
+    """Bits per weight of each entry of `Formats`."""
+    from .compression import bits_of
+
+    return tuple(np.vectorize(lambda f: bits_of(f) or 32, otypes=[float])(a) for a in formats)
+
+
+def plain(formats: Formats | None) -> bool:
+    return formats is None or all((a == "fp32").all() for a in formats)
 
 
 def phase_settings(target: str, prefill: int, decode: int, batch: int) -> tuple[str, int, int, int]:
@@ -267,15 +306,17 @@ class LatencyModel:
         return cls(folder, header, prof, shape)
 
     def predict_arrays(self, keep: np.ndarray, widths: np.ndarray, *, prefill: int = 128, decode: int = 32,
-                       batch: int = 1, targets: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Predictions for rows of a keep mask and per-layer widths (only `targets`, if given)."""
+                       batch: int = 1, targets: Sequence[str] | None = None,
+                       formats: Formats | None = None) -> dict[str, np.ndarray]:
+        """Predictions for rows of a keep mask and per-layer widths, and weight formats (only
+        `targets`, if given)."""
         out = {}
         feats: dict[tuple, np.ndarray] = {}  # targets that share a phase share its features
         for t in targets or self.header["targets"]:
             spec = self.header["targets"][t]
             key = phase_settings(t, prefill, decode, batch)
             if key not in feats:
-                feats[key] = self.features.build(keep, widths, *key)
+                feats[key] = self.features.build(keep, widths, *key, formats=formats)
             x = feats[key]
             if spec["mode"] == "linear":
                 out[t] = spec["slope"] * x[:, 0] + spec["intercept"]
@@ -286,17 +327,18 @@ class LatencyModel:
 
     def predict_subnets(self, subnets: Sequence[Subnet], *, prefill: int = 128, decode: int = 32,
                         batch: int = 1, targets: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        keep, widths = subnet_arrays(subnets, self.shape.num_layers)
-        return self.predict_arrays(keep, widths, prefill=prefill, decode=decode, batch=batch, targets=targets)
+        keep, widths, formats = subnet_arrays(subnets, self.shape.num_layers, with_formats=True)
+        return self.predict_arrays(keep, widths, prefill=prefill, decode=decode, batch=batch, targets=targets,
+                                   formats=None if plain(formats) else formats)
 
     def lut_sums(self, subnets: Sequence[Subnet], *, prefill: int = 128, decode: int = 32,
                  batch: int = 1) -> dict[str, np.ndarray]:
         """The plain lookup-table sums (the baseline the model improves on)."""
-        keep, widths = subnet_arrays(subnets, self.shape.num_layers)
+        keep, widths, formats = subnet_arrays(subnets, self.shape.num_layers, with_formats=True)
         out = {}
         for t in ("prefill_ms", "decode_ms_per_token"):
             phase, tokens, context, b = phase_settings(t, prefill, decode, batch)
-            out[t] = self.features.build(keep, widths, phase, tokens, context, b)[:, 0]
+            out[t] = self.features.build(keep, widths, phase, tokens, context, b, formats=formats)[:, 0]
         return out
 
 

@@ -189,6 +189,10 @@ class ParamCounter:
         self.per_layer = analytic_parameter_count(config, [0]) - self.const
         self.per_channel = analytic_parameter_count(config, [1]) - self.const - self.per_layer
         self.bytes_per_param = bytes_per_param
+        self.num_layers = config.num_hidden_layers
+        self.norms = 2 * config.hidden_size  # per layer: the two RMSNorm weights (always fp32)
+        self.vocab = config.vocab_size * config.hidden_size  # one vocabulary matrix
+        self.vocab_matrices = 1 if getattr(config, "tie_word_embeddings", False) else 2  # in `const`
 
     def params(self, keep, widths):  # noqa: ANN001, ANN201 - numpy (pop, layers) arrays
         """Parameters per row of a keep mask and per-layer widths (widths of dropped layers ignored)."""
@@ -198,6 +202,22 @@ class ParamCounter:
 
     def of_widths(self, mlp_widths: list[int] | tuple[int, ...]) -> int:
         return int(self.const + len(mlp_widths) * self.per_layer + sum(mlp_widths) * self.per_channel)
+
+    def weight_bytes(self, keep, widths, bits=None):  # noqa: ANN001, ANN201 - numpy arrays
+        """Bytes of weights per row. `bits`: None (every weight at `bytes_per_param`) or bits per
+        weight as arrays (attention (pop, layers), MLP (pop, layers), embedding (pop,), head (pop,));
+        with bits, norms stay fp32 and a tied head is counted once while both vocabulary matrices
+        are fp32, apart once either is compressed (as runtimes store them)."""
+        import numpy as np
+
+        if bits is None:
+            return self.params(keep, widths) * float(self.bytes_per_param)
+        b_attn, b_mlp, b_embed, b_head = (np.asarray(b, dtype=float) / 8 for b in bits)
+        rest = (self.const - self.vocab_matrices * self.vocab) * 4.0
+        layers = np.where(keep, self.norms * 4.0 + (self.per_layer - self.norms) * b_attn
+                          + widths * self.per_channel * b_mlp, 0.0).sum(1)
+        shared = (self.vocab_matrices == 1) & (b_embed == 4) & (b_head == 4)
+        return rest + layers + self.vocab * (b_embed + np.where(shared, 0.0, b_head))
 
 
 def state_dict_bytes(model: nn.Module) -> int:

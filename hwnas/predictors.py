@@ -29,15 +29,25 @@ KINDS = ("ridge", "svr", "lightgbm")
 
 def subnet_features(subnets: Sequence[Subnet], space: SearchSpace) -> np.ndarray:
     """Per base layer: kept (0/1) and MLP width / base width (0 when dropped); then depth and the
-    kept MLP fraction. Fixed length for a space, so any sub-network of it can be scored."""
+    kept MLP fraction; in a space with compression genes, then per base layer the attention's and
+    the MLP's compression amount (1 - bits / 32; 0 when dropped or fp32) and the embedding's and
+    the head's. Fixed length for a space, so any sub-network of it can be scored."""
+    from .compression import Compression, compression_amount
+
     n = space.num_layers
-    x = np.zeros((len(subnets), 2 * n + 2), dtype=np.float64)
+    x = np.zeros((len(subnets), (4 * n + 4) if space.compressed else (2 * n + 2)), dtype=np.float64)
     for r, s in enumerate(subnets):
         idx = np.asarray(s.layers)
         x[r, idx] = 1.0
         x[r, n + idx] = np.asarray(s.mlp_widths) / space.intermediate_size
         x[r, 2 * n] = s.depth / n
         x[r, 2 * n + 1] = float(np.sum(s.mlp_widths)) / (n * space.intermediate_size)
+        if space.compressed:
+            c = s.compression or Compression.uniform("fp32", s.depth)
+            x[r, 2 * n + 2 + idx] = [compression_amount(f) for f in c.attn]
+            x[r, 3 * n + 2 + idx] = [compression_amount(f) for f in c.mlp]
+            x[r, 4 * n + 2] = compression_amount(c.embed)
+            x[r, 4 * n + 3] = compression_amount(c.head)
     return x
 
 

@@ -25,11 +25,12 @@ from .fileio import write_text, write_yaml
 PROFILE_VERSION = 1
 HEADER_FILE = "profile.yaml"
 LUT_FILE = "lut.csv"
-KEY_COLUMNS = ("op", "width", "phase", "tokens", "context", "batch")
+KEY_COLUMNS = ("op", "width", "phase", "tokens", "context", "batch", "format")
 VALUE_COLUMNS = ("median_ms", "p90_ms", "cv", "cv_raw", "repeats", "peak_mem_mb", "flagged", "load", "threads")
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
 OPS = ("attention", "mlp", "head")
 INT_COLUMNS = {"width", "tokens", "context", "batch", "repeats", "threads"}
+OPTIONAL_COLUMNS = {"format": "fp32"}  # absent from tables written before weight formats: their value
 REQUIRED_KEYS = ("backend", "model")  # of profile.yaml: what the latency model and the search read
 
 
@@ -42,12 +43,16 @@ class OperatorGrid:
     batches: list[int] = field(default_factory=lambda: [1])
     mlp_widths: list[int] = field(default_factory=list)
     layer: int = 0  # the decoder layer whose weights the blocks use
+    formats: list[str] = field(default_factory=lambda: ["fp32"])  # weight formats each block is timed in
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["formats"] == ["fp32"]:
+            del d["formats"]  # the identity profiles had before weight formats (they resume as before)
+        return d
 
-    def jobs(self) -> list[tuple[str, int, list[dict[str, int | str]]]]:
-        """(op, width, tasks) per graph; a task is a worker `Task` as a dict."""
+    def jobs(self) -> list[tuple[str, int, str, list[dict[str, int | str]]]]:
+        """(op, width, format, tasks) per graph; a task is a worker `Task` as a dict."""
         def tasks(context_dependent: bool) -> list[dict[str, int | str]]:
             out: list[dict[str, int | str]] = []
             for b in self.batches:
@@ -56,13 +61,15 @@ class OperatorGrid:
                 out += [{"phase": "decode", "tokens": 1, "context": c, "batch": b} for c in contexts]
             return out
 
-        jobs = [("attention", 0, tasks(True))]
-        jobs += [("mlp", w, tasks(False)) for w in self.mlp_widths]
-        jobs.append(("head", 0, tasks(False)))
+        jobs = []
+        for f in self.formats:
+            jobs.append(("attention", 0, f, tasks(True)))
+            jobs += [("mlp", w, f, tasks(False)) for w in self.mlp_widths]
+            jobs.append(("head", 0, f, tasks(False)))
         return jobs
 
     def size(self) -> int:
-        return sum(len(t) for _, _, t in self.jobs())
+        return sum(len(t) for *_, t in self.jobs())
 
 
 def row_key(row: dict[str, Any]) -> tuple:
@@ -122,20 +129,27 @@ class DeviceProfile:
     def backend(self) -> str:
         return str(self.header.get("backend", ""))
 
+    @property
+    def formats(self) -> list[str]:
+        """The weight formats the table has rows for."""
+        return sorted({r["format"] for r in self.rows}) or ["fp32"]
+
     def lookup(self, op: str, phase: str, *, width: int | None = None, tokens: int = 1, context: int = 0,
-               batch: int = 1, stat: str = "median_ms") -> float:
+               batch: int = 1, stat: str = "median_ms", format: str = "fp32") -> float:  # noqa: A002
         """Milliseconds of one op: exact grid point, else linear inter-/extrapolation along tokens
         (prefill) or context (decode) between the two nearest grid points. `width` is the MLP
-        width (ignored for attention and head); context is ignored where the op does not use it."""
+        width (ignored for attention and head); context is ignored where the op does not use it;
+        `format` the weight format the op's weights were timed in."""
         if op not in OPS:
             raise ProfileError(f"unknown op {op!r}; a profile has {', '.join(OPS)}")
         w = int(width or 0) if op == "mlp" else 0
         cand = [r for r in self.rows if r["op"] == op and r["phase"] == phase and int(r["width"]) == w
-                and int(r["batch"]) == batch]
+                and int(r["batch"]) == batch and r["format"] == format]
         if not cand:
             have = sorted({int(r["width"]) for r in self.rows if r["op"] == op})
-            raise ProfileError(f"profile has no {op} {phase} rows for width={w} batch={batch} "
-                               f"(widths: {have}); profile with that width/batch in the grid")
+            raise ProfileError(f"profile has no {op} {phase} rows for width={w} batch={batch} format={format} "
+                               f"(widths: {have}, formats: {self.formats}); profile with that width/batch/format "
+                               "in the grid")
         axis = "tokens" if phase == "prefill" else "context"
         if phase == "decode" and all(int(r["context"]) == 0 for r in cand):
             axis, target = None, 0
@@ -175,7 +189,7 @@ def read_lut(path: Path) -> list[dict[str, Any]]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            missing = set(COLUMNS) - set(reader.fieldnames or [])
+            missing = set(COLUMNS) - set(reader.fieldnames or []) - set(OPTIONAL_COLUMNS)
             if missing:
                 raise ProfileError(f"{path}: missing columns {sorted(missing)}; make the profile again with "
                                    "`hwnas profile`")
@@ -189,7 +203,7 @@ def read_lut(path: Path) -> list[dict[str, Any]]:
 
 
 def _lut_row(raw: dict[str, Any], path: Path, line: int) -> dict[str, Any]:
-    row: dict[str, Any] = dict(raw)
+    row: dict[str, Any] = {**OPTIONAL_COLUMNS, **raw}
     if None in row or any(row.get(c) is None for c in COLUMNS):
         raise ProfileError(f"{path}: line {line} has {'too many' if None in row else 'too few'} fields "
                            "(cut short?); make the profile again with `hwnas profile`")
@@ -221,7 +235,7 @@ def write_lut(path: Path, rows: list[dict[str, Any]]) -> None:
 def grid_for(config: Any, space: Any, *, prefill_tokens: list[int] | None = None,
              decode_contexts: list[int] | None = None, batches: list[int] | None = None) -> OperatorGrid:
     """The grid a model + space calls for: every MLP width of the space at the given token counts."""
-    grid = OperatorGrid(mlp_widths=sorted(set(space.mlp_widths)))
+    grid = OperatorGrid(mlp_widths=sorted(set(space.mlp_widths)), formats=list(space.weight_formats))
     if prefill_tokens:
         grid.prefill_tokens = sorted(prefill_tokens)
     if decode_contexts:
@@ -252,6 +266,10 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
     ok, why = cls.available()
     if not ok:
         raise BackendError(f"backend {backend} is not available: {why}")
+    unknown = sorted(set(grid.formats) - set(cls.WEIGHT_FORMATS) - {"fp32"})
+    if unknown:
+        raise BackendError(f"backend {backend} does not run weight format(s) {unknown}; it runs "
+                           f"{', '.join(sorted({'fp32', *cls.WEIGHT_FORMATS}))}")
     identity = {"backend": backend, "model": model, "grid": grid.to_dict(), "threads": threads}
     from .outdir import claim_dir
 
@@ -282,16 +300,16 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
     done = {row_key(r) for r in prof.rows if not loaded(r)}
     total = grid.size()
     t_start = time.perf_counter()
-    for op, width, tasks in grid.jobs():
-        todo = [t for t in tasks if row_key({"op": op, "width": width, **t}) not in done]
+    for op, width, fmt, tasks in grid.jobs():
+        todo = [t for t in tasks if row_key({"op": op, "width": width, "format": fmt, **t}) not in done]
         if not todo:
             continue
-        spec = GraphSpec(op, model, width=width or None, layer=grid.layer)
+        spec = GraphSpec(op, model, width=width or None, layer=grid.layer, weights=None if fmt == "fp32" else fmt)
         worker_tasks = [Task(t["phase"], int(t["tokens"]), int(t["context"]), int(t["batch"])) for t in todo]
         run = run_isolated if isolate else run_tasks
         res = run(backend, config, spec, worker_tasks)
         for t, m in zip(todo, res.measurements):
-            row = {"op": op, "width": width, **t, **{k: v for k, v in m.to_dict().items() if k in VALUE_COLUMNS}}
+            row = {"op": op, "width": width, "format": fmt, **t, **{k: v for k, v in m.to_dict().items() if k in VALUE_COLUMNS}}
             prof.rows = [r for r in prof.rows if row_key(r) != row_key(row)] + [row]
             if not loaded(row):
                 done.add(row_key(row))
@@ -300,7 +318,7 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
         t_start = time.perf_counter()
         prof.save(out)
         if on_progress:
-            on_progress(len(done), total, f"{op}{'-' + str(width) if width else ''}")
+            on_progress(len(done), total, f"{op}{'-' + str(width) if width else ''}{'' if fmt == 'fp32' else '-' + fmt}")
     prof.header["complete"] = len(done) >= total
     prof.header["flagged_rows"] = sum(1 for r in prof.rows if r["flagged"])
     prof.save(out)

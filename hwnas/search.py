@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .compression import PLAIN, Compression, compression_amount
 from .errors import HwnasUserError, is_int, is_number
 from .fileio import append_jsonl, read_jsonl, write_json, write_yaml
 from .space import SearchSpace
@@ -89,6 +90,7 @@ class RunConfig:
     latency: dict[str, int] = field(default_factory=lambda: {"prefill": 128, "decode": 32, "batch": 1})
     linas: LinasConfig = field(default_factory=LinasConfig)
     algorithm: str = "linas"  # linas | nsga2 (real evaluations only) | random
+    backend: str | None = None  # whose weight formats a compressed space simulates (default: the latency model's)
     seed: int = 0
     data: str | None = None
     run_id: str | None = None
@@ -120,7 +122,7 @@ class RunConfig:
         for key in ("model", "channel_order", "algorithm"):
             if key in data and not isinstance(data[key], str):
                 raise fail(key, "a string")
-        for key in ("space", "data", "run_id"):
+        for key in ("space", "data", "run_id", "backend"):
             if data.get(key) is not None and not isinstance(data[key], str):
                 raise fail(key, "a string")
         if data.get("run_id") is not None and (not data["run_id"] or any(c in data["run_id"] for c in "/\\\0")
@@ -265,20 +267,26 @@ def _linas(value: Any, source: str) -> LinasConfig:
 
 class Encoding:
     """Integer genes for a space: keep/drop per droppable layer (or one depth gene in prefix mode),
-    then one width index per layer. Decoding repairs to the minimum depth by re-adding the most
+    then one width index per layer, then the compression section's format genes (per layer: the
+    attention's then the MLP's, or one per layer; then the embedding's and the head's; or a single
+    gene for the whole network). Decoding repairs to the minimum depth by re-adding the most
     influential dropped layers."""
 
     def __init__(self, space: SearchSpace, layer_scores: Sequence[float] | None = None) -> None:
         self.space = space
         self.n = space.num_layers
         self.widths = np.asarray(space.mlp_widths)
+        self.formats = list(space.weight_formats)
         self.droppable = list(space.droppable_layers)
         scores = list(layer_scores) if layer_scores else [0.0] * self.n
         self.readd_order = sorted(self.droppable, key=lambda i: -scores[i])  # most influential first
         self.n_layer_genes = 1 if space.mode == "prefix" else len(self.droppable)
-        self.n_genes = self.n_layer_genes + self.n
+        self.per_layer, self.whole = space.format_genes()
+        self.fmt_start = self.n_layer_genes + self.n
+        self.n_genes = self.fmt_start + self.per_layer * self.n + self.whole
         upper_layer = len(space.allowed_depths) - 1 if space.mode == "prefix" else 1
-        self.xu = np.array([upper_layer] * self.n_layer_genes + [len(self.widths) - 1] * self.n)
+        self.xu = np.array([upper_layer] * self.n_layer_genes + [len(self.widths) - 1] * self.n
+                           + [len(self.formats) - 1] * (self.n_genes - self.fmt_start))
 
     def keep_mask(self, x: np.ndarray) -> np.ndarray:
         """(pop, n) booleans: which base layers each genome keeps (after depth repair)."""
@@ -307,11 +315,34 @@ class Encoding:
 
     def width_values(self, x: np.ndarray) -> np.ndarray:
         x = np.atleast_2d(x).astype(int)
-        return self.widths[x[:, self.n_layer_genes :]]
+        return self.widths[x[:, self.n_layer_genes : self.fmt_start]]
+
+    def format_indices(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Format indices per genome: attention (pop, n), MLP (pop, n), embedding (pop,), head (pop,)."""
+        x = np.atleast_2d(x).astype(int)
+        pop, n, f = x.shape[0], self.n, x[:, self.fmt_start:]
+        if self.whole == 0:  # one format (no compression genes)
+            zeros = np.zeros((pop, n), dtype=int)
+            return zeros, zeros, zeros[:, 0], zeros[:, 0]
+        if self.per_layer == 0:  # one gene for the network
+            g = np.repeat(f[:, :1], n, axis=1)
+            return g, g, f[:, 0], f[:, 0]
+        attn = f[:, :n]
+        mlp = f[:, n: 2 * n] if self.per_layer == 2 else attn
+        return attn, mlp, f[:, -2], f[:, -1]
 
     def decode(self, x: np.ndarray) -> list[Subnet]:
         keep, widths = self.keep_mask(x), self.width_values(x)
-        return [Subnet(tuple(np.nonzero(k)[0].tolist()), tuple(w[k].tolist())) for k, w in zip(keep, widths)]
+        attn, mlp, embed, head = self.format_indices(x)
+        fm = self.formats
+        out = []
+        for r, (k, w) in enumerate(zip(keep, widths)):
+            comp = None
+            if self.whole:
+                comp = Compression(tuple(fm[i] for i in attn[r][k]), tuple(fm[i] for i in mlp[r][k]),
+                                   fm[embed[r]], fm[head[r]])
+            out.append(Subnet(tuple(np.nonzero(k)[0].tolist()), tuple(w[k].tolist()), comp))
+        return out
 
     def encode(self, s: Subnet) -> np.ndarray:
         x = np.zeros(self.n_genes, dtype=int)
@@ -323,15 +354,37 @@ class Encoding:
         lookup = {int(w): j for j, w in enumerate(self.widths)}
         top = len(self.widths) - 1
         per_layer = dict(zip(s.layers, s.mlp_widths))
-        x[self.n_layer_genes :] = [lookup[per_layer[i]] if i in per_layer else top for i in range(self.n)]
+        x[self.n_layer_genes : self.fmt_start] = [lookup[per_layer[i]] if i in per_layer else top for i in range(self.n)]
+        if self.whole:
+            comp = s.compression or Compression.uniform(PLAIN, s.depth)
+            index = {f: j for j, f in enumerate(self.formats)}
+            try:
+                attn = dict(zip(s.layers, (index[f] for f in comp.attn)))
+                mlp = dict(zip(s.layers, (index[f] for f in comp.mlp)))
+                ends = [index[comp.embed], index[comp.head]]
+            except KeyError as exc:
+                raise HwnasUserError(f"weight format {exc} is not in the space's formats {self.formats}") from None
+            f = x[self.fmt_start:]
+            if self.per_layer == 0:
+                f[0] = ends[1]
+            else:
+                f[: self.n] = [attn.get(i, 0) for i in range(self.n)]
+                if self.per_layer == 2:
+                    f[self.n: 2 * self.n] = [mlp.get(i, 0) for i in range(self.n)]
+                f[-2:] = ends
         return x
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """The predictor features (`hwnas.predictors.subnet_features`), straight from genes."""
         keep, widths = self.keep_mask(x), self.width_values(x)
         frac = np.where(keep, widths / self.space.intermediate_size, 0.0)
-        return np.concatenate([keep.astype(float), frac, keep.sum(1, keepdims=True) / self.n,
-                               frac.sum(1, keepdims=True) / self.n], axis=1)
+        parts = [keep.astype(float), frac, keep.sum(1, keepdims=True) / self.n, frac.sum(1, keepdims=True) / self.n]
+        if self.space.compressed:
+            amount = np.asarray([compression_amount(f) for f in self.formats])
+            attn, mlp, embed, head = self.format_indices(x)
+            parts += [np.where(keep, amount[attn], 0.0), np.where(keep, amount[mlp], 0.0),
+                      amount[embed][:, None], amount[head][:, None]]
+        return np.concatenate(parts, axis=1)
 
 
 # --- the results store ------------------------------------------------------------------------
@@ -412,7 +465,9 @@ def hypervolume(f: np.ndarray, ideal: np.ndarray, nadir: np.ndarray) -> float:
 
 
 class CostModel:
-    """Exact parameter count and fp32 size of sub-networks (vectorised over genomes)."""
+    """Exact parameter count and weight size of sub-networks (vectorised over genomes): fp32, or
+    with a compressed sub-network's per-block formats (bits per weight of each format; norms stay
+    fp32; embedding and head are stored apart, as the runtimes store them)."""
 
     def __init__(self, config) -> None:  # noqa: ANN001
         from .modeling import ParamCounter
@@ -425,7 +480,14 @@ class CostModel:
 
     def of_subnet(self, s: Subnet) -> dict[str, float]:
         p = self.counter.of_widths(s.mlp_widths)
-        return {"params": p, "size_mb": p * self.bytes_per_param / 1e6}
+        return {"params": p, "size_mb": self.size_bytes(s) / 1e6}
+
+    def size_bytes(self, s: Subnet) -> float:
+        from .latency import format_bits, subnet_arrays
+
+        keep, widths, formats = subnet_arrays([s], self.counter.num_layers, with_formats=True)
+        bits = format_bits(formats) if s.compression is not None else None
+        return float(self.counter.weight_bytes(keep, widths, bits)[0])
 
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -461,6 +523,7 @@ class Search:
         from .latency import LatencyModel  # issue: latency model
 
         self.latencies = {name: LatencyModel.load(folder) for name, folder in cfg.latency_sources().items()}
+        self.schemes = self._weight_schemes()
         if evaluator is None:
             from .evaluate.evaluator import Evaluator
 
@@ -477,6 +540,24 @@ class Search:
         self._bounds: tuple[np.ndarray, np.ndarray] | None = None
         write_yaml(self.run_dir / "config.yaml", cfg.to_dict())
         self.space.save(self.run_dir / "space.yaml")
+
+    def _weight_schemes(self) -> dict[str, Any]:
+        """The target runtime's numerics for the space's weight formats (empty: fp32 only)."""
+        from .compression import CompressionError, schemes_of
+
+        if not self.space.compressed:
+            return {}
+        runtimes = {lm.profile.backend for lm in self.latencies.values()}
+        runtime = self.cfg.backend or (runtimes.pop() if len(runtimes) == 1 else None)
+        if runtime is None:
+            raise HwnasUserError("the space searches weight formats: name the runtime that will run them "
+                                 "(backend: in the run config; latency models of several backends do not say)")
+        schemes = schemes_of(runtime)
+        missing = sorted(set(self.space.weight_formats) - set(schemes) - {"fp32"})
+        if missing:
+            raise CompressionError(f"space '{self.space.name}' proposes weight format(s) {missing}, which {runtime} "
+                                   f"does not run; it runs {', '.join(sorted({'fp32', *schemes}))}")
+        return schemes
 
     # objective values ----------------------------------------------------------------------
 
@@ -544,7 +625,9 @@ class Search:
         if cached:
             metrics = self.metrics_cache[s.key()]
         else:
-            model = self.sn.materialize(s, share_weights=True)
+            from .compression import simulate
+
+            model = simulate(self.sn.materialize(s, share_weights=True), s.compression, self.schemes)
             with torch.no_grad():
                 res = self.evaluator.evaluate(model)
             metrics = {}
@@ -633,8 +716,7 @@ class Search:
     def fit_predictors(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         from .predictors import fit_predictor
 
-        x = self.encoding.features(np.stack([self.encoding.encode(Subnet(tuple(r["subnet"]["layers"]),
-                                                                          tuple(r["subnet"]["mlp_widths"])))
+        x = self.encoding.features(np.stack([self.encoding.encode(Subnet.from_dict(r["subnet"]))
                                              for r in records]))
         out = {}
         for o in self.cfg.objectives:
@@ -790,7 +872,13 @@ def predicted_values(search: Search, predictors: dict[str, Any], x: np.ndarray, 
     values: dict[str, np.ndarray] = {}
     params = search.costs.params(keep, widths)
     values["params"] = params.astype(float)
-    values["size_mb"] = params * search.costs.bytes_per_param / 1e6
+    bits = None
+    if search.space.compressed:
+        from .latency import format_bits
+
+        names = np.asarray(search.encoding.formats, dtype=object)
+        bits = format_bits(tuple(names[i] for i in search.encoding.format_indices(x)))
+    values["size_mb"] = search.costs.counter.weight_bytes(keep, widths, bits) / 1e6
     needed = {o.metric for o in search.cfg.objectives} | set(search.cfg.budgets)
     if any(latency_target(m) for m in needed):
         values.update(search._latency_of(search.encoding.decode(x)))

@@ -13,14 +13,20 @@ Declared in YAML (schema version 1, see `docs/formats.md`)::
     mlp:
       widths: [256, 512, 768, 1024, 1280, 1536]
     heads: null          # reserved for per-layer head / KV-group choices
+    compression:         # optional: weight formats searched jointly with the architecture
+      formats: [fp32, int8]   # gene values; the target backend must run each (`hwnas backends`)
+      per: block         # block: attention and MLP of each layer apart; layer: one per layer;
+                         # network: one format for every weight. Embedding and head: a gene each
+                         # (block, layer), the network's (network).
 
 Sizes are reported two ways: `encoding_size`, the product of the choices of every gene (how
 LLaMA-NAS counts: 3 x 2^32 for depth {24,28,32} x 32 binary widths), and `distinct_subnets`, the
-number of different architectures (widths of dropped layers do not matter).
+number of different architectures (widths and formats of dropped layers do not matter).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import asdict, dataclass, field
@@ -30,12 +36,14 @@ from typing import Any
 
 import yaml
 
+from .compression import bits_of
 from .errors import SpaceError, is_int
 from .fileio import read_yaml_file, write_yaml
 
 WIDTH_MULTIPLE = 64  # hardware-friendly and what INT4 group-wise compression needs
 SCHEMA_VERSION = 1
 LAYER_MODES = ("any", "prefix")
+COMPRESSION_PER = ("block", "layer", "network")
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class SearchSpace:
     name: str = "unnamed"
     description: str = ""
     heads: Any = None
+    weight_formats: tuple[str, ...] = ("fp32",)
+    compression_per: str = "block"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +97,15 @@ class SearchSpace:
                 raise SpaceError(f"space '{self.name}': layers.droppable must be distinct indices in 0..{n - 1}")
         if self.heads is not None:
             raise SpaceError(f"space '{self.name}': searching heads is not supported yet; set heads: null")
+        fmts = self.weight_formats
+        if not fmts or len(set(fmts)) != len(fmts) or not all(isinstance(f, str) and f for f in fmts):
+            raise SpaceError(f"space '{self.name}': compression.formats must be distinct format names")
+        bad = [f for f in fmts if bits_of(f) is None]
+        if bad:
+            raise SpaceError(f"space '{self.name}': unknown weight format(s) {bad}; a format is fp32, fp16, bf16 or "
+                             "intN (e.g. int8, int4)")
+        if self.compression_per not in COMPRESSION_PER:
+            raise SpaceError(f"space '{self.name}': compression.per must be one of {COMPRESSION_PER}")
 
     # --- construction -------------------------------------------------------------------------
 
@@ -99,7 +118,7 @@ class SearchSpace:
         version = data.get("version", SCHEMA_VERSION)
         if version != SCHEMA_VERSION:
             raise SpaceError(f"{source}: unsupported space version {version} (this hwnas reads {SCHEMA_VERSION})")
-        known = {"version", "name", "description", "base", "layers", "mlp", "heads", "model"}
+        known = {"version", "name", "description", "base", "layers", "mlp", "heads", "model", "compression"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpaceError(f"{source}: unknown keys {unknown}; expected some of {sorted(known)}")
@@ -118,6 +137,13 @@ class SearchSpace:
         if min_depth is None:
             min_depth = min(depths) if depths else n
         droppable = _int_list(source, "layers.droppable", layers.get("droppable"))
+        comp = _mapping(source, "compression", data.get("compression"))
+        unknown = sorted(set(comp) - {"formats", "per"})
+        if unknown:
+            raise SpaceError(f"{source}: unknown keys compression.{unknown[0]}; expected formats, per")
+        fmts = comp.get("formats", ["fp32"])
+        if not isinstance(fmts, list) or not all(isinstance(f, str) for f in fmts):
+            raise SpaceError(f"{source}: compression.formats must be a list of format names, e.g. [fp32, int8]")
         return cls(
             num_layers=n,
             intermediate_size=inter,
@@ -129,6 +155,8 @@ class SearchSpace:
             name=str(data.get("name", Path(source).stem)),
             description=str(data.get("description", "")),
             heads=data.get("heads"),
+            weight_formats=tuple(fmts),
+            compression_per=str(comp.get("per", "block")),
             extra={k: data[k] for k in ("model",) if k in data},
         )
 
@@ -181,21 +209,42 @@ class SearchSpace:
         return self.droppable if self.droppable is not None else tuple(range(self.num_layers))
 
     @property
+    def compressed(self) -> bool:
+        """Whether weight formats are genes (more than one format declared)."""
+        return len(self.weight_formats) > 1
+
+    def format_genes(self) -> tuple[int, int]:
+        """(genes per layer, genes for the whole network) of the compression section."""
+        if not self.compressed:
+            return 0, 0
+        return {"block": (2, 2), "layer": (1, 2), "network": (0, 1)}[self.compression_per]
+
+    @property
     def encoding_size(self) -> int:
-        """Product of every gene's choices (depth or keep/drop genes, and one width gene per layer)."""
-        w = len(self.mlp_widths) ** self.num_layers
+        """Product of every gene's choices (depth or keep/drop genes, one width gene per layer, and
+        the compression section's format genes)."""
+        per_layer, whole = self.format_genes()
+        nf = len(self.weight_formats)
+        w = len(self.mlp_widths) ** self.num_layers * nf ** (per_layer * self.num_layers + whole)
         if self.mode == "prefix":
             return len(self.allowed_depths) * w
         return 2 ** len(self.droppable_layers) * w
 
     @property
     def distinct_subnets(self) -> int:
-        """Number of different architectures in the space."""
-        nw = len(self.mlp_widths)
+        """Number of different sub-networks (architecture x weight formats) in the space."""
+        per_layer, whole = self.format_genes()
+        nf = len(self.weight_formats)
+        nw = len(self.mlp_widths) * nf**per_layer
         if self.mode == "prefix":
-            return sum(nw**d for d in self.allowed_depths)
+            return sum(nw**d for d in self.allowed_depths) * nf**whole
         r = len(self.droppable_layers)
-        return sum(math.comb(r, self.num_layers - d) * nw**d for d in self.allowed_depths)
+        return sum(math.comb(r, self.num_layers - d) * nw**d for d in self.allowed_depths) * nf**whole
+
+    @property
+    def distinct_architectures(self) -> int:
+        """Number of different architectures (layers and widths; formats not counted)."""
+        return dataclasses.replace(self, weight_formats=("fp32",)).distinct_subnets
 
     def sample(self, rng: random.Random) -> dict[str, list[int]]:
         """A random sub-network description: uniform depth, then uniform layers and widths."""
@@ -205,7 +254,17 @@ class SearchSpace:
         else:
             dropped = set(rng.sample(self.droppable_layers, self.num_layers - depth))
             layers = [i for i in range(self.num_layers) if i not in dropped]
-        return {"layers": layers, "mlp_widths": [rng.choice(self.mlp_widths) for _ in layers]}
+        out: dict[str, Any] = {"layers": layers, "mlp_widths": [rng.choice(self.mlp_widths) for _ in layers]}
+        if self.compressed:
+            pick = lambda: rng.choice(self.weight_formats)  # noqa: E731
+            if self.compression_per == "network":
+                f = pick()
+                out["compression"] = {"attn": [f] * depth, "mlp": [f] * depth, "embed": f, "head": f}
+            else:
+                attn = [pick() for _ in layers]
+                mlp = attn if self.compression_per == "layer" else [pick() for _ in layers]
+                out["compression"] = {"attn": attn, "mlp": list(mlp), "embed": pick(), "head": pick()}
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -220,6 +279,8 @@ class SearchSpace:
                        "droppable": list(d["droppable"]) if self.droppable is not None else None},
             "mlp": {"widths": list(self.mlp_widths)},
             "heads": self.heads,
+            **({"compression": {"formats": list(self.weight_formats), "per": self.compression_per}}
+               if self.compressed else {}),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -231,6 +292,7 @@ class SearchSpace:
                 "encoding_size_sci": f"{enc:.3g}",
                 "distinct_subnets": distinct,
                 "distinct_subnets_sci": f"{distinct:.3g}",
+                "distinct_architectures": self.distinct_architectures,
                 "allowed_depths": list(self.allowed_depths),
             },
         }

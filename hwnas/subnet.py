@@ -1,9 +1,12 @@
 """The sub-network description shared by every command that takes `--subnet FILE`.
 
-    {"layers": [0, 1, 2, 5, ...], "mlp_widths": [1536, 1024, ...]}
+    {"layers": [0, 1, 2, 5, ...], "mlp_widths": [1536, 1024, ...],
+     "compression": {"attn": ["int8", ...], "mlp": ["int8", ...], "embed": "int8", "head": "fp32"}}
 
 `layers` are the base model's layer indices kept, increasing; `mlp_widths[i]` is the MLP width of
-the i-th kept layer (omitted: full width). Anything else is a `SubnetError` with one line of text.
+the i-th kept layer (omitted: full width); `compression` (optional, `hwnas.compression`) the weight
+format of each kept layer's attention and MLP, of the embedding and of the head (omitted, or all
+fp32: uncompressed). Anything else is a `SubnetError` with one line of text.
 """
 
 from __future__ import annotations
@@ -13,23 +16,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .compression import Compression, CompressionError
 from .errors import SubnetError, is_int
 from .space import SearchSpace
 
-KEYS = ("layers", "mlp_widths")
+KEYS = ("layers", "mlp_widths", "compression")
 
 
 @dataclass(frozen=True)
 class Subnet:
     layers: tuple[int, ...]
     mlp_widths: tuple[int, ...]
+    compression: Compression | None = None  # None: every weight fp32 (an all-fp32 one is stored as None)
+
+    def __post_init__(self) -> None:
+        if self.compression is not None and self.compression.plain:
+            object.__setattr__(self, "compression", None)
 
     @property
     def depth(self) -> int:
         return len(self.layers)
 
-    def to_dict(self) -> dict[str, list[int]]:
-        return {"layers": list(self.layers), "mlp_widths": list(self.mlp_widths)}
+    @property
+    def architecture(self) -> Subnet:
+        """The same layers and widths, uncompressed."""
+        return Subnet(self.layers, self.mlp_widths) if self.compression is not None else self
+
+    def compressed(self, compression: Compression | None) -> Subnet:
+        return Subnet(self.layers, self.mlp_widths, compression)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"layers": list(self.layers), "mlp_widths": list(self.mlp_widths)}
+        if self.compression is not None:
+            d["compression"] = self.compression.to_dict()
+        return d
 
     def key(self) -> str:
         """A canonical string: equal sub-networks have equal keys (dedup in the search store)."""
@@ -101,7 +121,7 @@ class Subnet:
                 raise fail(f"MLP width {w} of layer {layer} is larger than the base's {base_widths[layer]}")
         if space is not None:
             _check_space(layers, widths, space, fail)
-        return cls(tuple(layers), tuple(widths))
+        return cls(tuple(layers), tuple(widths), _compression(data, len(layers), source, space))
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> Subnet:
@@ -130,7 +150,23 @@ class Subnet:
         if not ok:
             raise SubnetError(f'{source}: not a sub-network (expected {{"layers": [...], "mlp_widths": [...]}} '
                               "with integer lists of equal length)")
-        return cls(tuple(data["layers"]), tuple(data["mlp_widths"]))
+        return cls(tuple(data["layers"]), tuple(data["mlp_widths"]), _compression(data, len(data["layers"]), source))
+
+
+def _compression(data: dict[str, Any], depth: int, source: str, space: SearchSpace | None = None) -> Compression | None:
+    if data.get("compression") is None:
+        return None
+    try:
+        comp = Compression.parse(data["compression"], depth, f"{source}: compression")
+    except CompressionError as exc:
+        raise SubnetError(str(exc)) from exc
+    if space is not None and not comp.plain:
+        allowed = set(space.weight_formats)
+        bad = sorted(set(comp.formats()) - allowed)
+        if bad:
+            raise SubnetError(f"{source}: weight format(s) {bad} are not in the space's compression formats "
+                              f"{sorted(allowed)}")
+    return comp
 
 
 

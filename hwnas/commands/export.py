@@ -73,9 +73,14 @@ def run(args: argparse.Namespace) -> int:
             "verification": {k: v for k, v in m["verification"].items() if k != "reference"}})
         return 0
     v = m["verification"]
-    print(f"wrote {args.out} ({m['format']}, {m['size_mb']} MB): logits vs torch max|diff| {v['max_abs_diff']:.2e}, "
-          f"cosine {v['cosine']:.5f}, top-1 {v['top1_agreement']:.1%}, ppl {v['ppl_torch']:.2f} -> "
-          f"{v['ppl_artifact']:.2f}")
+    against = "torch" if not m.get("compression") else "its torch simulation"
+    print(f"wrote {args.out} ({m['format']}, {m['size_mb']} MB): logits vs {against} max|diff| "
+          f"{v['max_abs_diff']:.2e}, cosine {v['cosine']:.5f}, top-1 {v['top1_agreement']:.1%}, ppl "
+          f"{v['ppl_torch']:.2f} -> {v['ppl_artifact']:.2f}")
+    if v.get("vs_fp32"):
+        f = v["vs_fp32"]
+        print(f"  vs the fp32 sub-network: cosine {f['cosine']:.5f}, top-1 {f['top1_agreement']:.1%}, ppl "
+              f"{f['ppl_torch']:.2f} -> {f['ppl_artifact']:.2f} ({f['ppl_change']:+.1%})")
     if m["measured"]:
         ms = m["measured"]
         print(f"  measured on {m['backend']}: prefill {ms['prefill_ms']} ms, decode {ms['decode_ms_per_token']} "

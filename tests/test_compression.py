@@ -1,0 +1,191 @@
+"""Weight formats in the joint space: records, genes, simulation against the library's own numbers,
+per-block export, per-format lookup-table rows."""
+
+import dataclasses
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from hwnas.compression import Compression, CompressionError, block_of, simulate
+from hwnas.errors import SpaceError, SubnetError
+from hwnas.search import Encoding
+from hwnas.space import SearchSpace
+from hwnas.subnet import Subnet
+from hwnas.supernet import Supernet
+
+SPACE = SearchSpace.from_dict({"base": {"num_layers": 4, "intermediate_size": 256}, "layers": {"min_depth": 2},
+                               "mlp": {"widths": [64, 128, 256]},
+                               "compression": {"formats": ["fp32", "int8"], "per": "block"}})
+
+
+def test_subnet_records_round_trip_and_old_keys_stay():
+    s = Subnet((0, 2), (64, 256))
+    c = s.compressed(Compression(("int8", "fp32"), ("int8", "int8"), "fp32", "int8"))
+    assert Subnet.from_dict(c.to_dict()) == c and c.architecture == s
+    # an all-fp32 compression is the uncompressed sub-network: same key as before formats existed
+    assert s.compressed(Compression.uniform("fp32", 2)).key() == s.key() == '{"layers":[0,2],"mlp_widths":[64,256]}'
+    parsed = Subnet.parse(c.to_dict(), num_layers=4, intermediate_size=256, space=SPACE)
+    assert parsed == c
+    with pytest.raises(SubnetError, match="has 1 entries"):
+        Subnet.parse({**s.to_dict(), "compression": {"attn": ["int8"]}}, num_layers=4, intermediate_size=256)
+    plain_space = dataclasses.replace(SPACE, weight_formats=("fp32",))
+    with pytest.raises(SubnetError, match="not in the space's compression formats"):
+        Subnet.parse(c.to_dict(), num_layers=4, intermediate_size=256, space=plain_space)
+
+
+def test_space_section_sizes_and_samples():
+    assert SPACE.compressed and SPACE.format_genes() == (2, 2)
+    # per kept layer: 3 widths x 2 attention x 2 MLP formats; then 2 x 2 for embedding and head
+    assert SPACE.distinct_subnets == sum(math.comb(4, 4 - d) * 12**d for d in (2, 3, 4)) * 4
+    assert SPACE.distinct_architectures == sum(math.comb(4, 4 - d) * 3**d for d in (2, 3, 4))
+    s = SPACE.sample(random.Random(1))
+    assert len(s["compression"]["attn"]) == len(s["layers"])
+    assert SearchSpace.from_dict(SPACE.to_dict()) == SPACE
+    with pytest.raises(SpaceError, match="unknown weight format"):
+        SearchSpace.from_dict({**SPACE.to_dict(), "compression": {"formats": ["fp32", "int9x"]}})
+    with pytest.raises(SpaceError, match="compression.per"):
+        SearchSpace.from_dict({**SPACE.to_dict(), "compression": {"formats": ["fp32", "int8"], "per": "row"}})
+
+
+@pytest.mark.parametrize("per", ["block", "layer", "network"])
+def test_encoding_carries_formats(per):
+    space = dataclasses.replace(SPACE, compression_per=per)
+    enc = Encoding(space)
+    rng = np.random.default_rng(0)
+    x = enc.repair(rng.integers(0, enc.xu + 1, size=(16, enc.n_genes)))
+    subs = enc.decode(x)
+    assert any(s.compression is not None for s in subs)
+    for s in subs:
+        assert enc.decode(enc.encode(s))[0] == s
+        if per == "network" and s.compression is not None:
+            assert len(set(s.compression.formats())) == 1
+        if per == "layer" and s.compression is not None:
+            assert s.compression.attn == s.compression.mlp
+    from hwnas.predictors import subnet_features
+
+    assert np.allclose(enc.features(x), subnet_features(subs, space))
+
+
+def test_block_names_of_composed_and_dynamo_graphs():
+    assert block_of("layer3/attn.attn.q_proj.weight.T") == ("attn", 3)
+    assert block_of("layer0/mlp.down.weight.T") == ("mlp", 0)
+    assert block_of("model.layers.12.mlp.up_proj.weight") == ("mlp", 12)
+    assert block_of("model.layers.2.self_attn.o_proj.weight") == ("attn", 2)
+    assert block_of("embed/embed.weight") == ("embed", None)
+    assert block_of("final/lm_head.weight.T") == ("head", None)
+    assert block_of("layer0/attn.norm.weight") == ("attn", 0)  # norms are never quantized (not MatMul weights)
+    assert block_of("final/norm.weight") is None
+
+
+def test_simulation_does_not_touch_shared_weights(tiny_llama):
+    from hwnas_backends.onnxruntime_backend import INT8
+
+    sn = Supernet(tiny_llama)
+    before = {k: v.clone() for k, v in sn.model.state_dict().items()}
+    s = sn.full_subnet()
+    m = simulate(sn.materialize(s, share_weights=True), Compression.uniform("int8", s.depth), {"int8": INT8})
+    assert all(torch.equal(before[k], v) for k, v in sn.model.state_dict().items())
+    assert m.lm_head.weight is not m.model.embed_tokens.weight  # table and head quantized apart
+    with pytest.raises(CompressionError, match="does not run"):
+        simulate(sn.materialize(s, share_weights=True), Compression.uniform("int4", s.depth), {"int8": INT8})
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("onnxruntime"), reason="needs onnxruntime")
+def test_simulated_weights_equal_quantize_dynamic_and_the_plan_is_followed(tiny_llama, tmp_path, monkeypatch):
+    """Every int8 weight the torch simulation uses is the one ORT's quantize_dynamic stores (value for
+    value), and only the blocks the plan names are quantized."""
+    import onnx
+    from hwnas_backends.graphs import build_module
+    from hwnas_backends.onnxruntime_backend import INT8, OnnxRuntimeBackend
+    from onnx import numpy_helper
+
+    monkeypatch.setenv("HWNAS_GRAPH_CACHE", str(tmp_path / "graphs"))
+    sn = Supernet(tiny_llama)
+    s = Subnet((0, 1, 3), (256, 128, 64))
+    comp = Compression(("int8", "fp32", "int8"), ("fp32", "int8", "int8"), "int8", "int8")
+    module, io = build_module(sn.materialize(s, share_weights=True), "model", weights=comp)
+    OnnxRuntimeBackend.convert(module, io, tmp_path / "g", OnnxRuntimeBackend.CONFIG())
+    inits = {i.name: i for i in onnx.load(str(tmp_path / "g" / "graph.onnx")).graph.initializer}
+    quantized = {n[: -len("_quantized")] for n in inits if n.endswith("_quantized")}
+    expect = {"embed/embed.weight", "final/lm_head.weight.T"}
+    names = {"attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate", "up", "down")}
+    for j in range(3):
+        for block in ("attn", "mlp"):
+            if comp.format_of(block, j) == "int8":
+                prefix = f"layer{j}/attn.attn." if block == "attn" else f"layer{j}/mlp."
+                expect |= {f"{prefix}{p}.weight.T" for p in names[block]}
+    assert quantized == expect
+    sim = simulate(sn.materialize(s, share_weights=True), comp, {"int8": INT8})
+
+    def deq(name):
+        q, sc, zp = (numpy_helper.to_array(inits[f"{name}{x}"]).astype(np.float32)
+                     for x in ("_quantized", "_scale", "_zero_point"))
+        return (q - zp) * sc
+
+    assert np.array_equal(deq("embed/embed.weight"), sim.model.embed_tokens.weight.numpy())
+    assert np.array_equal(deq("final/lm_head.weight.T").T, sim.lm_head.weight.numpy())
+    assert np.array_equal(deq("layer2/mlp.down.weight.T").T, sim.model.layers[2].mlp.down_proj.weight.numpy())
+    assert np.array_equal(deq("layer0/attn.attn.k_proj.weight.T").T,
+                          sim.model.layers[0].self_attn.k_proj.weight.numpy())
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("onnxruntime"), reason="needs onnxruntime")
+def test_export_writes_and_verifies_per_block_formats(tiny_llama, tmp_path, monkeypatch):
+    from hwnas.export import ExportError, export, verify
+
+    monkeypatch.setenv("HWNAS_GRAPH_CACHE", str(tmp_path / "graphs"))
+    sn = Supernet(tiny_llama)
+    s = Subnet((0, 2, 3), (256, 128, 64), Compression(("int8", "fp32", "int8"), ("int8",) * 3, "fp32", "int8"))
+    m = export(sn, s, "onnx", tmp_path / "a", measure=False)
+    assert m["compression"] == s.compression.to_dict() and m["subnet"]["compression"]
+    v = m["verification"]
+    assert v["against"].startswith("torch simulation") and v["cosine"] > 0.999 and v["top1_agreement"] >= 0.95
+    assert "vs_fp32" in v and verify(tmp_path / "a")["ok"]
+    with pytest.raises(ExportError, match="--format onnx"):
+        export(sn, s, "onnx-int8", tmp_path / "b", measure=False)
+    with pytest.raises(ExportError, match="per-block weight formats"):
+        export(sn, s, "openvino", tmp_path / "c", measure=False)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_latency_features_use_each_blocks_format_rows():
+    from conftest import make_tiny
+
+    from hwnas.latency import FeatureBuilder, LatencyModelError, Shape, subnet_arrays
+    from hwnas.profile import DeviceProfile
+
+    config = make_tiny("llama").model.config
+    rows = []
+    for fmt, scale in (("fp32", 1.0), ("int8", 0.5)):
+        for op, width in (("attention", 0), ("head", 0), ("mlp", 64), ("mlp", 256)):
+            rows.append({"op": op, "width": width, "phase": "decode", "tokens": 1, "context": 0, "batch": 1,
+                         "format": fmt, "median_ms": scale * (2.0 if op == "head" else 1.0 + width / 256),
+                         "p90_ms": 1, "cv": 0, "cv_raw": 0, "repeats": 1, "peak_mem_mb": 1, "flagged": False,
+                         "load": 0, "threads": 1})
+    prof = DeviceProfile({"version": 1, "backend": "x", "model": "tiny"}, rows)
+    fb = FeatureBuilder(prof, Shape.of(config), [64, 256])
+    a = Subnet((0, 1), (64, 256))
+    b = a.compressed(Compression(("int8", "fp32"), ("fp32", "int8"), "fp32", "int8"))
+    keep, widths, formats = subnet_arrays([a, b], 4, with_formats=True)
+    f = fb.build(keep, widths, "decode", 1, 0, 1, formats=formats)
+    assert f[0, 0] == pytest.approx(1 + 1 + 1.25 + 2.0 + 2.0)  # attention x2, mlp-64, mlp-256, head
+    assert f[1, 0] == pytest.approx(0.5 + 1 + 1.25 + 1.0 + 1.0)
+    assert f[1, 6] < f[0, 6]  # weight MB
+    prof.rows = [r for r in rows if r["format"] == "fp32"]
+    with pytest.raises(LatencyModelError, match="format int8"):
+        FeatureBuilder(prof, Shape.of(config), [64, 256]).build(keep, widths, "decode", 1, 0, 1, formats=formats)
+
+
+def test_profile_grid_times_each_format_and_old_tables_load(tmp_path):
+    from hwnas.profile import OperatorGrid, read_lut
+
+    grid = OperatorGrid(mlp_widths=[64, 128], formats=["fp32", "int8"])
+    assert [j[2] for j in grid.jobs()].count("int8") == 4 and "formats" in grid.to_dict()
+    assert "formats" not in OperatorGrid(mlp_widths=[64]).to_dict()  # old profiles keep their identity
+    old = tmp_path / "lut.csv"
+    old.write_text("op,width,phase,tokens,context,batch,median_ms,p90_ms,cv,cv_raw,repeats,peak_mem_mb,flagged,"
+                   "load,threads\nhead,0,decode,1,0,1,1.0,1.0,0,0,1,1,False,0,1\n")
+    assert read_lut(old)[0]["format"] == "fp32"

@@ -1,0 +1,81 @@
+"""Compressed sub-networks: does the torch simulation predict what the runtime computes?
+
+    python tools/bench_compression.py parity [--backend onnxruntime] [--n 6] [--seed 0]
+                                             [--ppl-windows 2 --ppl-window 256]
+
+For `--n` sub-networks of the embedded model's space with compression genes (fp32 / int8 per block,
+drawn at random, plus the full network all int8), prints the fp32 torch perplexity, the simulated
+perplexity (`hwnas.compression.simulate`, what the search scores) and the exported artifact's
+perplexity through its own runtime (token by token through the KV cache, `hwnas baselines`'s
+scoring), on the same held-out WikiText-2 windows, and the simulation's gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parity(args: argparse.Namespace) -> None:
+    from hwnas.baselines import artifact_perplexity, heldout_windows, torch_perplexity
+    from hwnas.compression import Compression, schemes_of, simulate
+    from hwnas.export import FORMATS, export
+    from hwnas.fingerprint import _cpu_model
+    from hwnas.supernet import open_supernet
+
+    sn = open_supernet("smollm2-135m")
+    space = dataclasses.replace(sn.default_space(), weight_formats=("fp32", "int8"), compression_per="block")
+    schemes = schemes_of(args.backend)
+    fmt = next(f.name for f in FORMATS.values() if f.backend == args.backend and f.per_block and not f.weights)
+    windows = heldout_windows(sn.base.tokenizer, args.ppl_windows, args.ppl_window)
+    rng = random.Random(args.seed)
+    full = sn.full_subnet()
+    subnets = [full.compressed(Compression.uniform("int8", full.depth))]
+    while len(subnets) < args.n:
+        s = sn.parse_subnet(space.sample(rng), space)
+        if s.compression is not None:
+            subnets.append(s)
+    print(f"# {args.backend} ({fmt}), {_cpu_model()}, {len(windows)}x{len(windows[0])} held-out WikiText-2 tokens")
+    print("| sub-network | formats | ppl fp32 (torch) | ppl simulated | ppl runtime | sim / runtime - 1 |")
+    print("|---|---|---:|---:|---:|---:|")
+    gaps = []
+    for s in subnets:
+        t0 = time.perf_counter()
+        p32 = torch_perplexity(sn.materialize(s.architecture, share_weights=True), windows)
+        psim = torch_perplexity(simulate(sn.materialize(s.architecture, share_weights=True), s.compression, schemes),
+                                windows)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "artifact"
+            export(sn, s, fmt, out, measure=False)
+            prt = artifact_perplexity(out, windows)
+        gap = psim / prt - 1
+        gaps.append(gap)
+        widths = sorted(set(s.mlp_widths))
+        print(f"| {s.depth} layers, widths {widths[0]}-{widths[-1]} | {s.compression.summary()} | {p32:.2f} | "
+              f"{psim:.2f} | {prt:.2f} | {gap:+.2%} |  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    absg = sorted(abs(g) for g in gaps)
+    print(f"gap |sim/runtime - 1| over {len(gaps)} sub-networks: median {absg[len(absg) // 2]:.2%}, max {absg[-1]:.2%}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("parity", help="simulated vs runtime perplexity of compressed sub-networks")
+    p.add_argument("--backend", default="onnxruntime")
+    p.add_argument("--n", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ppl-windows", type=int, default=2)
+    p.add_argument("--ppl-window", type=int, default=256)
+    args = ap.parse_args()
+    parity(args)
+
+
+if __name__ == "__main__":
+    main()
