@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 KINDS = ("model", "attention", "mlp", "head")
-FORMAT_VERSION = 2  # bump when onnx_export changes what it writes (2: whole models composed from templates)
+FORMAT_VERSION = 3  # bump when onnx_export changes what it writes (2: whole models composed from templates;
+# 3: the head block's tied LM head stored apart from the embedding)
 
 
 @dataclass(frozen=True)

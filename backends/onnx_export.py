@@ -109,13 +109,20 @@ def _slice_linear(lin: nn.Linear, rows: int | None = None, cols: int | None = No
 
 
 class HeadBlock(nn.Module):
-    """token embedding + final norm + LM head at the last position (the non-layer work of a step)."""
+    """token embedding + final norm + LM head at the last position (the non-layer work of a step).
+    A tied head gets its own copy of the table, as in a whole model's graph (the composed graph
+    stores the embedding and the transposed head apart), so a quantizer treats the block's two
+    matrices as it treats the whole model's (one shared initializer was quantized as a Gather table
+    and fed the head MatMul through a run-time dequantize: 2.6x slower than the whole model's head)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.embed = model.model.embed_tokens
         self.norm = model.model.norm
         self.lm_head = model.lm_head
+        if self.lm_head.weight is self.embed.weight:
+            self.lm_head = nn.Linear(self.lm_head.in_features, self.lm_head.out_features, bias=False)
+            self.lm_head.weight = nn.Parameter(self.embed.weight.detach().clone(), requires_grad=False)
 
     def forward(self, ids: torch.Tensor, *unused: torch.Tensor):  # noqa: ANN201
         h = self.embed(ids)
