@@ -46,6 +46,21 @@ class WorkerResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def check_weight_formats(cls: type[Backend], spec: GraphSpec) -> None:
+    """A graph whose weights are to be stored in formats the backend does not run is refused (it
+    would otherwise be timed in fp32 under a compressed name)."""
+    from hwnas.errors import BackendError
+
+    wanted = {spec.weights} if spec.weights else set()
+    comp = (spec.subnet or {}).get("compression") if spec.kind == "model" else None
+    if comp:
+        wanted |= {*comp.get("attn", []), *comp.get("mlp", []), comp.get("embed"), comp.get("head")}
+    bad = sorted(f for f in wanted - {"fp32", None} if f not in cls.WEIGHT_FORMATS)
+    if bad:
+        raise BackendError(f"backend {cls.NAME} does not run weight format(s) {bad}; it runs "
+                           f"{', '.join(sorted({'fp32', *cls.WEIGHT_FORMATS}))}")
+
+
 def run_tasks(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: list[Task],
               workdir: str | Path | None = None, loaded: Any = None) -> WorkerResult:
     """Prepare the graph on the backend and time every task, in this process."""
@@ -58,6 +73,8 @@ def run_tasks(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: list
         from hwnas.errors import BackendError
 
         raise BackendError(f"backend {backend} is not available: {why}")
+    if workdir is None:  # an exported artifact's files carry their own formats
+        check_weight_formats(cls, spec)
     cfg = cls.CONFIG.from_dict(config)
     import torch
 
@@ -135,6 +152,8 @@ def run_isolated(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: l
         env[var] = str(threads)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     cls = backend_class(backend)
+    if workdir is None:
+        check_weight_formats(cls, spec)
     where = Path(workdir) if workdir else graph_cache_dir(spec)
     if cls.CONVERTS and tasks and not cls.has_artifacts(where, cls.CONFIG.from_dict(config)):
         # convert before the measuring process starts, so it never holds torch or exporter memory:

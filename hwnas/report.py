@@ -269,18 +269,20 @@ def _front_table(run: Run, front: list[dict[str, Any]], objs: list[Objective], o
              f"{len(run.records)} real evaluations; objectives: "
              + ", ".join(f"{o.metric} ({o.goal})" for o in objs), ""]
     measured = sorted({m for r in run.records for m in (r.get("latency_measured") or {}) if latency_target(m)})
-    header = ["#", "depth", *cols, *(f"measured {m}" for m in measured), "roofline decode ms" if bw else None,
+    header = ["#", "depth", "weights", *cols, *(f"measured {m}" for m in measured), "roofline decode ms" if bw else None,
               "subnet"]
     header = [h for h in header if h]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = ([run.base] if run.base and run.base not in front else []) + sorted(
         front, key=lambda r: run.value(r, objs[0].metric))
     for r in rows:
-        cells = [("base" if r.get("is_base") else str(r["index"])), str(len(r["subnet"]["layers"]))]
+        comp = Subnet.from_dict(r["subnet"]).compression
+        cells = [("base" if r.get("is_base") else str(r["index"])), str(len(r["subnet"]["layers"])),
+                 comp.summary() if comp else "fp32"]
         cells += [_fmt(run.value(r, c)) for c in cols]
         cells += [_fmt(r["latency_measured"][m]) if (r.get("latency_measured") or {}).get(m) else "-" for m in measured]
         if bw:
-            bound = roofline_decode_ms(r["costs"]["params"], 4, bw)
+            bound = roofline_decode_ms(r["costs"]["size_mb"] * 1e6, 1, bw)  # bytes of the stored weights
             dec = (r.get("latency_measured") or {}).get(decode_key) or \
                 (r.get("latency_predicted") or {}).get(decode_key)
             cells.append(f"{bound:.1f}" + (f" ({bound / dec:.0%} of it)" if dec else ""))

@@ -30,14 +30,17 @@ def run(args: argparse.Namespace) -> int:
             cls = backend_class(name)
             ok, why = cls.available()
             versions = cls.versions() if ok else {}
+            formats = ["fp32", *sorted(cls.WEIGHT_FORMATS)]
         except Exception as exc:  # noqa: BLE001 - a broken plugin is listed, not fatal
-            ok, why, versions = False, f"failed to load: {type(exc).__name__}: {exc}", {}
-        rows.append({"name": name, "available": ok, "reason": why, "versions": versions})
+            ok, why, versions, formats = False, f"failed to load: {type(exc).__name__}: {exc}", {}, []
+        rows.append({"name": name, "available": ok, "reason": why, "versions": versions,
+                     "weight_formats": formats})
     if args.json:
         emit_json(rows)
         return 0
     for r in rows:
         status = "yes" if r["available"] else "no "
         detail = ", ".join(f"{k} {v}" for k, v in r["versions"].items()) if r["available"] else r["reason"]
-        print(f"{r['name']:<12} {status}  {detail}")
+        fmts = f"  [weight formats: {', '.join(r['weight_formats'])}]" if r["available"] else ""
+        print(f"{r['name']:<12} {status}  {detail}{fmts}")
     return 0

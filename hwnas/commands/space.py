@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"space {space.name}: {space.description}")
     print(f"  layers: {space.num_layers} in the base, mode {space.mode}, depths {size['allowed_depths']}")
     print(f"  MLP widths per layer: {list(space.mlp_widths)} (base {space.intermediate_size})")
+    if space.compressed:
+        print(f"  weight formats: {list(space.weight_formats)} per {space.compression_per} "
+              f"({size['distinct_architectures']:.3g} architectures without them)")
     print(f"  size: {size['encoding_size_sci']} encodings (product of gene choices), "
           f"{size['distinct_subnets_sci']} distinct sub-networks")
     return 0
