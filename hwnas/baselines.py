@@ -160,9 +160,12 @@ def run_baselines(sn: Any, backend: str, out: str | Path, *, formats: list[str] 
                   compare: list[str | Path] = (), rounds: int = 3, ppl_windows: int = 2, ppl_window: int = 256,
                   prefill: int = 128, decode: int = 32, threads: int = 1, data_dir: Any = None,
                   ppl_tolerance: float = 0.01, seed: int = 0, repeats: int | None = None,
+                  reference_base_only: bool = False,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export, score and measure every baseline (and the `compare` artifacts) on `backend`; write
-    `baselines.json` and `baselines.md` into `out` and return the result."""
+    `baselines.json` and `baselines.md` into `out` and return the result. `reference_base_only`:
+    the first format (the fp32 reference) only for the base, the pruned recipes only in the
+    others (a shorter run: pruned fp32 points lose to the base's compressed ones here)."""
     from .export import FORMATS, export, measure_artifact, read_manifest
     from .fileio import write_json, write_text
     from .outdir import claim_dir, exclusive
@@ -184,6 +187,8 @@ def run_baselines(sn: Any, backend: str, out: str | Path, *, formats: list[str] 
         for r in recipes(sn, widths=list(widths), drops=list(drops)):
             torch_ppl = None
             for fmt in formats:
+                if reference_base_only and r.kind != "base" and fmt == formats[0] and len(formats) > 1:
+                    continue
                 folder = out / "points" / f"{r.name}-{fmt}"
                 p = Point(r.name, r.kind, fmt, r.subnet.to_dict(), str(folder))
                 done = previous.get((r.name, fmt))

@@ -431,7 +431,8 @@ def _write_artifact(sn: Any, subnet: Any, fmt: Format, ctx: ExportContext, *, da
 
         lm = LatencyModel.load(latency_model)
         predicted = {k: round(float(v[0]), 3) for k, v in
-                     lm.predict_subnets([subnet], prefill=prefill, decode=decode).items()}
+                     lm.predict_subnets([subnet.compressed(ctx.compression)], prefill=prefill,
+                                                  decode=decode).items()}
     files = {p.relative_to(ctx.out).as_posix(): sha256_file(p) for p in sorted(ctx.out.rglob("*"))
              if p.is_file() and p.name != TMP_MARKER}
     manifest = {

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .compression import Compression
 from .errors import HwnasUserError, is_int
 from .fileio import append_jsonl, read_jsonl, write_text, write_yaml
 from .modeling import ParamCounter
@@ -492,7 +493,10 @@ def repeatability(recs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]
 
 def sample_subnets(space: SearchSpace, n: int, seed: int, exclude: set[str] | None = None,
                    extremes: bool = True) -> list[Subnet]:
-    """`n` distinct random sub-networks (plus the largest and smallest when `extremes`)."""
+    """`n` distinct random sub-networks (plus the largest and smallest when `extremes`, and, in a
+    space with weight formats, the largest and smallest with every weight in each compressed
+    format: random per-block formats are almost never uniform, and without these the fit
+    extrapolates to the all-compressed networks the search prefers)."""
     rng = random.Random(seed)
     out: list[Subnet] = []
     seen = set(exclude or ())
@@ -501,7 +505,11 @@ def sample_subnets(space: SearchSpace, n: int, seed: int, exclude: set[str] | No
         low = min(space.allowed_depths)
         layers = tuple(range(low)) if space.mode == "prefix" else tuple(
             sorted(set(range(space.num_layers)) - set(space.droppable_layers[: space.num_layers - low])))
-        for s in (full, Subnet(layers, (space.mlp_widths[0],) * len(layers))):
+        ends = [full, Subnet(layers, (space.mlp_widths[0],) * len(layers))]
+        for fmt in space.weight_formats if space.compressed else ():
+            if fmt != "fp32":
+                ends += [e.compressed(Compression.uniform(fmt, e.depth)) for e in ends[:2]]
+        for s in ends[: max(n, 2)]:
             if s.key() not in seen:
                 seen.add(s.key())
                 out.append(s)

@@ -73,6 +73,7 @@ class LinasConfig:
     crossover_prob: float = 0.9
     crossover_eta: float = 15.0
     mutation_eta: float = 20.0
+    seeds: bool = True  # round 0 starts with the recipes a user would try without a search (see heuristic_seeds)
 
 
 @dataclass
@@ -253,7 +254,10 @@ def _linas(value: Any, source: str) -> LinasConfig:
     if unknown:
         raise HwnasUserError(f"{source}: unknown linas keys {unknown}; expected some of {known}")
     for k, v in value.items():
-        if k in LINAS_INTS:
+        if k == "seeds":
+            if not isinstance(v, bool):
+                raise HwnasUserError(f"{source}: linas.seeds must be true or false, got {_short(v)}")
+        elif k in LINAS_INTS:
             if not (is_int(v) and v >= LINAS_INTS[k]):
                 raise HwnasUserError(f"{source}: linas.{k} must be an integer >= {LINAS_INTS[k]}, got {_short(v)}")
         elif not (is_number(v) and v >= 0 and (k != "crossover_prob" or v <= 1)):
@@ -694,6 +698,28 @@ class Search:
                 out.append(s)
         return out
 
+    def heuristic_seeds(self, n: int, taken: set[str]) -> list[Subnet]:
+        """Up to `n` sub-networks a user gets without searching, so the search starts where the
+        baselines are (and its front can only improve on them): the base and ShortGPT-style layer
+        dropping (a quarter, half and all of the droppable layers, least influential first) and
+        one uniform MLP width, each with every weight in one of the space's formats (the base in
+        fp32 is the run's reference point already)."""
+        space = self.space
+        scores = self.sn.order.layer_scores if self.sn.order else None
+        most = space.num_layers - min(space.allowed_depths)
+        drops = sorted({k for k in (0, most // 4, most // 2, most)})
+        full, mid = space.mlp_widths[-1], space.mlp_widths[len(space.mlp_widths) // 2]
+        archs = [Subnet.dropping(space, scores, k, full) for k in drops] + [Subnet.dropping(space, scores, 0, mid)]
+        formats = sorted(space.weight_formats, key=lambda f: f != "fp32")
+        out: list[Subnet] = []
+        for f in reversed(formats):  # most compressed first: the strongest baselines
+            for a in archs:
+                s = a if f == "fp32" else a.compressed(Compression.uniform(f, a.depth))
+                if len(out) < n and s.key() not in taken and (space.mode == "prefix" or s.depth in space.allowed_depths):
+                    taken.add(s.key())
+                    out.append(s)
+        return out
+
     def _round_file(self, r: int) -> Path:
         return self.run_dir / "rounds" / f"round_{r:02d}.json"
 
@@ -707,7 +733,10 @@ class Search:
         rng = random.Random(self.cfg.seed * 1009 + r)
         lc = self.cfg.linas
         if r == 0:
-            cands, preds = self._random_new(lc.initial, rng, set(self.store.keys)), [{}] * lc.initial
+            taken = set(self.store.keys)
+            seeds = self.heuristic_seeds(lc.initial // 4, taken) if lc.seeds else []
+            cands = seeds + self._random_new(lc.initial - len(seeds), rng, taken)
+            preds = [{}] * len(cands)
         else:
             cands, preds = self._predicted_front(r, rng)
         write_json(path, {"version": 1, "round": r, "subnets": [c.to_dict() for c in cands], "predicted": preds})

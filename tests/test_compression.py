@@ -189,3 +189,74 @@ def test_profile_grid_times_each_format_and_old_tables_load(tmp_path):
     old.write_text("op,width,phase,tokens,context,batch,median_ms,p90_ms,cv,cv_raw,repeats,peak_mem_mb,flagged,"
                    "load,threads\nhead,0,decode,1,0,1,1.0,1.0,0,0,1,1,False,0,1\n")
     assert read_lut(old)[0]["format"] == "fp32"
+
+
+def _search(tiny_llama, tmp_path, backend="onnxruntime", **linas):
+    from hwnas.evaluate.evaluator import Evaluator
+    from hwnas.search import LinasConfig, Objective, RunConfig, Search
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"w{(i * 7) % 23}" for i in range(3000)))
+    task = f"text:{text}"
+    space_file = tmp_path / "space.yaml"
+    SPACE.save(space_file)
+    cfg = RunConfig(model="tiny", space=str(space_file), objectives=[Objective(f"{task}.ppl"), Objective("size_mb")],
+                    tasks=[task], backend=backend, seed=2,
+                    linas=LinasConfig(**{"initial": 8, "rounds": 1, "per_round": 4, "inner_evaluations": 200,
+                                         "population": 20, **linas}))
+    ev = Evaluator(tiny_llama.tokenizer, [task], ppl_windows=2, ppl_window=64)
+    return Search(cfg, tmp_path / "run", supernet=Supernet(tiny_llama), evaluator=ev)
+
+
+def test_joint_search_evaluates_simulated_formats_and_starts_from_the_baselines(tiny_llama, tmp_path):
+    search = _search(tiny_llama, tmp_path)
+    res = search.run()
+    subs = [Subnet.from_dict(r["subnet"]) for r in res.records]
+    assert any(s.compression is not None for s in subs) and len({s.key() for s in subs}) == len(subs)
+    round0 = [s for s, r in zip(subs, res.records) if r["round"] == 0 and not r["is_base"]]
+    # the first quarter of round 0: the base, then layer dropping, every weight int8 (the strongest baselines)
+    full = search.sn.full_subnet()
+    assert round0[0] == full.compressed(Compression.uniform("int8", full.depth))
+    assert round0[1].compression == Compression.uniform("int8", round0[1].depth) and round0[1].depth < 4
+    assert round0[1].mlp_widths == (256,) * round0[1].depth
+    # int8 weights change the perplexity (the simulation ran) and shrink the size
+    base = next(r for r in res.records if r["is_base"])
+    rec = search.evaluate(round0[0], 9)  # already in the store: its record
+    task = search.cfg.tasks[0]
+    assert rec["metrics"][task]["ppl"] != base["metrics"][task]["ppl"]
+    assert rec["costs"]["size_mb"] < 0.5 * base["costs"]["size_mb"]
+    assert rec["latency_predicted"] == {} and rec["subnet"]["compression"]["head"] == "int8"
+
+
+def test_joint_search_needs_a_runtime_that_runs_its_formats(tiny_llama, tmp_path):
+    from hwnas.errors import HwnasUserError
+
+    with pytest.raises(HwnasUserError, match="name the runtime"):
+        _search(tiny_llama, tmp_path, backend=None)
+    with pytest.raises(CompressionError, match="does not run"):
+        _search(tiny_llama, tmp_path / "b", backend="openvino")
+    assert not (tmp_path / "run").exists()
+
+
+def test_head_block_stores_a_tied_head_apart(tiny_llama):
+    from hwnas_backends.graphs import build_module
+
+    module, _ = build_module(tiny_llama.model, "head")
+    assert module.lm_head.weight is not module.embed.weight
+    assert torch.equal(module.lm_head.weight, module.embed.weight)
+
+
+def test_a_backend_refuses_formats_it_does_not_run():
+    from hwnas_backends.base import backend_class
+    from hwnas_backends.graphs import GraphSpec
+    from hwnas_backends.worker import check_weight_formats
+
+    from hwnas.errors import BackendError
+
+    s = Subnet((0, 1), (64, 64), Compression.uniform("int8", 2))
+    check_weight_formats(backend_class("onnxruntime"), GraphSpec("model", "tiny", subnet=s.to_dict()))
+    with pytest.raises(BackendError, match="does not run weight format"):
+        check_weight_formats(backend_class("openvino"), GraphSpec("model", "tiny", subnet=s.to_dict()))
+    with pytest.raises(BackendError, match="does not run weight format"):
+        check_weight_formats(backend_class("torch"), GraphSpec("mlp", "tiny", width=64, weights="int8"))

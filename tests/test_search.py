@@ -190,8 +190,12 @@ def test_demo_pipeline_end_to_end_on_a_tiny_model(tmp_path, monkeypatch, capsys)
     assert main(["demo", "--model", str(tmp_path / "tiny"), "--out", str(tmp_path / "demo"),
                  "--latency-samples", "6", "--evaluations", "12"]) == 0
     out = capsys.readouterr().out
-    assert "chosen onnx-int8" in out and "chosen openvino-int8" in out
-    assert (tmp_path / "demo" / "artifacts" / "onnx-int8" / "manifest.json").is_file()
+    assert "chosen onnx " in out and "against the baselines" in out
+    m = json.loads((tmp_path / "demo" / "artifacts" / "onnx" / "manifest.json").read_text())
+    assert m["subnet"] == json.loads((tmp_path / "demo" / "chosen_subnet.json").read_text())
+    res = json.loads((tmp_path / "demo" / "baselines" / "baselines.json").read_text())
+    assert {p["kind"] for p in res["points"]} == {"base", "uniform-width", "layer-drop", "compare"}
+    assert {p["format"] for p in res["points"]} == {"onnx", "onnx-int8"}
 
 
 @pytest.mark.parametrize("algorithm", ["linas", "nsga2"])
