@@ -117,7 +117,7 @@ class SearchSpace:
             raise SpaceError(f"{source}: a space file must be a YAML mapping")
         version = data.get("version", SCHEMA_VERSION)
         if version != SCHEMA_VERSION:
-            raise SpaceError(f"{source}: unsupported space version {version} (this hwnas reads {SCHEMA_VERSION})")
+            raise SpaceError(f"{source}: unsupported space version {version!r} (this hwnas reads {SCHEMA_VERSION})")
         known = {"version", "name", "description", "base", "layers", "mlp", "heads", "model", "compression"}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -140,7 +140,7 @@ class SearchSpace:
         comp = _mapping(source, "compression", data.get("compression"))
         unknown = sorted(set(comp) - {"formats", "per"})
         if unknown:
-            raise SpaceError(f"{source}: unknown keys compression.{unknown[0]}; expected formats, per")
+            raise SpaceError(f"{source}: unknown keys under compression: {unknown}; expected formats, per")
         fmts = comp.get("formats", ["fp32"])
         if not isinstance(fmts, list) or not all(isinstance(f, str) for f in fmts):
             raise SpaceError(f"{source}: compression.formats must be a list of format names, e.g. [fp32, int8]")
