@@ -74,7 +74,7 @@ def build_module(model: Any, kind: str, *, width: int | None = None, layer: int 
         module = HeadBlock(model)
     else:
         raise ValueError(f"unknown graph kind {kind!r}; expected one of {KINDS}")
-    if weights is not None and not (isinstance(weights, str) and weights == "fp32"):
+    if weights not in (None, "fp32"):
         module.weights = weights
     return module.eval(), graph_io(model.config, kind, len(layers))
 

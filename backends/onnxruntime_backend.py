@@ -102,6 +102,8 @@ def quantize_onnx(src: Path, dst: Path, weights: Any, *, external_data: bool | N
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from .onnx_compose import EXTERNAL_DATA_BYTES
+
     src, dst = Path(src), Path(dst)
     plan = weight_plan(weights)
     graph = onnx.load(str(src), load_external_data=False).graph
@@ -119,7 +121,7 @@ def quantize_onnx(src: Path, dst: Path, weights: Any, *, external_data: bool | N
         else:
             raise ValueError(f"onnxruntime has no weight format {fmt!r}")
     size = src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(f"{src.name}.data"))
-    external = size > 1_800_000_000 if external_data is None else external_data
+    external = size > EXTERNAL_DATA_BYTES if external_data is None else external_data
     if chosen:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                          nodes_to_quantize=chosen, use_external_data_format=external)

@@ -49,16 +49,13 @@ class WorkerResult:
 def check_weight_formats(cls: type[Backend], spec: GraphSpec) -> None:
     """A graph whose weights are to be stored in formats the backend does not run is refused (it
     would otherwise be timed in fp32 under a compressed name)."""
+    from hwnas.compression import check_formats
     from hwnas.errors import BackendError
+    from hwnas.subnet import Subnet
 
-    wanted = {spec.weights} if spec.weights else set()
-    comp = (spec.subnet or {}).get("compression") if spec.kind == "model" else None
-    if comp:
-        wanted |= {*comp.get("attn", []), *comp.get("mlp", []), comp.get("embed"), comp.get("head")}
-    bad = sorted(f for f in wanted - {"fp32", None} if f not in cls.WEIGHT_FORMATS)
-    if bad:
-        raise BackendError(f"backend {cls.NAME} does not run weight format(s) {bad}; it runs "
-                           f"{', '.join(sorted({'fp32', *cls.WEIGHT_FORMATS}))}")
+    comp = Subnet.from_dict(spec.subnet).compression if spec.kind == "model" and spec.subnet else None
+    wanted = [*([spec.weights] if spec.weights else []), *(comp.formats() if comp else [])]
+    check_formats(wanted, cls.WEIGHT_FORMATS, f"backend {cls.NAME}", BackendError)
 
 
 def run_tasks(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: list[Task],

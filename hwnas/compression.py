@@ -19,7 +19,7 @@ dynamo exports (`model.layers.3.mlp.up_proj.weight`), so an exporter can apply a
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,9 +67,6 @@ class Scheme:
     @property
     def compressed(self) -> bool:
         return self.bits < 32
-
-    def weight_bytes(self, n: int) -> float:
-        return n * self.bits / 8
 
     def fake_weight(self, w: Any) -> Any:  # noqa: ANN401 - torch.Tensor [out, in]
         """Quantize and dequantize a [out, in] weight the way the runtime's library stores it."""
@@ -122,9 +119,6 @@ class Scheme:
         zp = torch.round(-lo / scale).clamp(0, 255)
         q = (torch.round(flat / scale) + zp).clamp(0, 255)
         return ((q - zp) * scale).reshape(x.shape).to(x.dtype)
-
-
-FP32 = Scheme(PLAIN, bits=32, description="the model's own fp32 weights")
 
 
 @dataclass(frozen=True)
@@ -191,10 +185,15 @@ class Compression:
 
     def check(self, schemes: Mapping[str, Scheme], runtime: str) -> None:
         """Every format named must be one the runtime runs."""
-        bad = sorted(set(self.formats()) - set(schemes) - {PLAIN})
-        if bad:
-            raise CompressionError(f"{runtime} does not run weight format(s) {bad}; it runs "
-                                   f"{', '.join(sorted({PLAIN, *schemes}))}")
+        check_formats(self.formats(), schemes, runtime)
+
+
+def check_formats(formats: Iterable[str], schemes: Mapping[str, Any], runtime: str,
+                  error: type[HwnasUserError] = CompressionError) -> None:
+    """Refuse, in one line, weight formats the runtime (`schemes`: its `WEIGHT_FORMATS`) does not run."""
+    bad = sorted(set(formats) - set(schemes) - {PLAIN})
+    if bad:
+        raise error(f"{runtime} does not run weight format(s) {bad}; it runs {', '.join(sorted({PLAIN, *schemes}))}")
 
 
 def schemes_of(backend: str) -> dict[str, Scheme]:
@@ -226,25 +225,19 @@ def block_of(name: str) -> tuple[str, int | None] | None:
     return None
 
 
-def format_of_weight(compression: Compression | None, name: str) -> str:
-    """The format a graph initializer must be stored in under `compression` (fp32 for None)."""
-    if compression is None:
-        return PLAIN
-    where = block_of(name)
-    if where is None:
-        return PLAIN
-    block, j = where
-    return compression.format_of(block, j)
-
-
 def weight_plan(weights: Compression | str | None):  # noqa: ANN201 - Callable[[str], str]
-    """Initializer name -> format: per block for a Compression, one format for every weight for a
-    name (an operator block, or a uniformly compressed network), fp32 for None."""
-    if weights is None:
-        return lambda _name: PLAIN
-    if isinstance(weights, str):
-        return lambda _name: weights
-    return lambda name: format_of_weight(weights, name)
+    """Initializer name -> the format it is stored in: per block for a Compression (fp32 for what
+    is in no block: norms, constants), one format for every weight for a name (an operator block,
+    or a uniformly compressed network), fp32 for None."""
+    if weights is None or isinstance(weights, str):
+        fmt = weights or PLAIN
+        return lambda _name: fmt
+
+    def plan(name: str) -> str:
+        where = block_of(name)
+        return PLAIN if where is None else weights.format_of(*where)
+
+    return plan
 
 
 # --- simulation -------------------------------------------------------------------------------
@@ -295,15 +288,3 @@ def simulate(model: Any, compression: Compression | None, schemes: Mapping[str, 
             for name in _MLP:
                 apply(getattr(layer.mlp, name), compression.mlp[j])
     return model
-
-
-def weight_bytes(counts: Mapping[str, Sequence[int]], compression: Compression | None,
-                 schemes: Mapping[str, Scheme]) -> float:
-    """Bytes of weights: `counts` gives parameter counts per block kind ({"attn": [...per layer],
-    "mlp": [...], "embed": [n], "head": [n]})."""
-    total = 0.0
-    for block, ns in counts.items():
-        for j, n in enumerate(ns):
-            fmt = PLAIN if compression is None else compression.format_of(block, j)
-            total += n * 4 if fmt == PLAIN else schemes[fmt].weight_bytes(n)
-    return total

@@ -355,6 +355,12 @@ def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path |
     return manifest
 
 
+def searched_format(backend: str) -> str | None:
+    """The backend's export format that writes a compressed sub-network's own per-block weight
+    formats (what a joint search on that backend ships); None if it has none."""
+    return next((f.name for f in FORMATS.values() if f.backend == backend and f.per_block and not f.weights), None)
+
+
 def _compression_for(subnet: Any, fmt: Format) -> Any:
     """The per-block weight formats the artifact must carry: the format's own (onnx-int8) or the
     compressed sub-network's; refused where the format cannot write them."""
@@ -362,15 +368,14 @@ def _compression_for(subnet: Any, fmt: Format) -> Any:
 
     if fmt.weights:
         if subnet.compression is not None:
-            base = next((f.name for f in FORMATS.values() if f.backend == fmt.backend and f.per_block
-                         and not f.weights), None)
+            base = searched_format(fmt.backend)
             raise ExportError(f"the sub-network carries its own weight formats ({subnet.compression.summary()}); "
                               f"export it with --format {base or 'a per-block format'}, not {fmt.name}")
         return Compression.uniform(fmt.weights, subnet.depth)
     if subnet.compression is None:
         return None
     if not fmt.per_block:
-        able = ", ".join(f.name for f in FORMATS.values() if f.per_block and not f.weights) or "none"
+        able = ", ".join(sorted({searched_format(f.backend) for f in FORMATS.values()} - {None})) or "none"
         raise ExportError(f"format {fmt.name} cannot write a sub-network's per-block weight formats "
                           f"({subnet.compression.summary()}); formats that can: {able}")
     subnet.compression.check(schemes_of(fmt.backend), fmt.backend)

@@ -253,6 +253,7 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
     from hwnas_backends.graphs import GraphSpec
     from hwnas_backends.worker import Task, run_isolated, run_tasks
 
+    from .compression import check_formats
     from .errors import BackendError
     from .fingerprint import fingerprint
     from .model import load_config
@@ -266,10 +267,7 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
     ok, why = cls.available()
     if not ok:
         raise BackendError(f"backend {backend} is not available: {why}")
-    unknown = sorted(set(grid.formats) - set(cls.WEIGHT_FORMATS) - {"fp32"})
-    if unknown:
-        raise BackendError(f"backend {backend} does not run weight format(s) {unknown}; it runs "
-                           f"{', '.join(sorted({'fp32', *cls.WEIGHT_FORMATS}))}")
+    check_formats(grid.formats, cls.WEIGHT_FORMATS, f"backend {backend}", BackendError)
     identity = {"backend": backend, "model": model, "grid": grid.to_dict(), "threads": threads}
     from .outdir import claim_dir
 

@@ -477,7 +477,6 @@ class CostModel:
         from .modeling import ParamCounter
 
         self.counter = ParamCounter(config)
-        self.bytes_per_param = self.counter.bytes_per_param
 
     def params(self, keep: np.ndarray, widths: np.ndarray) -> np.ndarray:
         return self.counter.params(keep, widths)
@@ -547,7 +546,7 @@ class Search:
 
     def _weight_schemes(self) -> dict[str, Any]:
         """The target runtime's numerics for the space's weight formats (empty: fp32 only)."""
-        from .compression import CompressionError, schemes_of
+        from .compression import check_formats, schemes_of
 
         if not self.space.compressed:
             return {}
@@ -557,10 +556,7 @@ class Search:
             raise HwnasUserError("the space searches weight formats: name the runtime that will run them "
                                  "(backend: in the run config; latency models of several backends do not say)")
         schemes = schemes_of(runtime)
-        missing = sorted(set(self.space.weight_formats) - set(schemes) - {"fp32"})
-        if missing:
-            raise CompressionError(f"space '{self.space.name}' proposes weight format(s) {missing}, which {runtime} "
-                                   f"does not run; it runs {', '.join(sorted({'fp32', *schemes}))}")
+        check_formats(self.space.weight_formats, schemes, f"{runtime} (space '{self.space.name}')")
         return schemes
 
     # objective values ----------------------------------------------------------------------

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def parity(args: argparse.Namespace) -> None:
     from hwnas.baselines import artifact_perplexity, heldout_windows, torch_perplexity
     from hwnas.compression import Compression, schemes_of, simulate
-    from hwnas.export import FORMATS, export
+    from hwnas.export import export, searched_format
     from hwnas.fingerprint import _cpu_model
     from hwnas.subnet import Subnet
     from hwnas.supernet import open_supernet
@@ -42,7 +42,7 @@ def parity(args: argparse.Namespace) -> None:
     sn = open_supernet("smollm2-135m")
     space = dataclasses.replace(sn.default_space(), weight_formats=("fp32", "int8"), compression_per="block")
     schemes = schemes_of(args.backend)
-    fmt = next(f.name for f in FORMATS.values() if f.backend == args.backend and f.per_block and not f.weights)
+    fmt = searched_format(args.backend)
     windows = heldout_windows(sn.base.tokenizer, args.ppl_windows, args.ppl_window)
     rng = random.Random(args.seed)
     full = sn.full_subnet()

@@ -60,7 +60,7 @@ def _demo(args: argparse.Namespace, out: Path, t_start: float) -> int:
     from ..compression import schemes_of
     from ..errors import HwnasUserError
     from ..evaluate import Evaluator
-    from ..export import FORMATS, export
+    from ..export import FORMATS, export, searched_format
     from ..fileio import write_text
     from ..latency import LatencyModel, fit
     from ..profile import OperatorGrid, grid_for, run_profile
@@ -152,9 +152,8 @@ def _demo(args: argparse.Namespace, out: Path, t_start: float) -> int:
     timings["measure"] = time.perf_counter() - t
 
     t = _stage(7, total, f"exporting the chosen sub-network: {args.formats}")
-    mine = [f for f in FORMATS.values() if f.backend == args.backend]
-    searched_fmt = next((f.name for f in mine if f.per_block and not f.weights), None) or \
-        next(f.name for f in mine if f.precision == "fp32")  # a backend without weight formats: its fp32 one
+    searched_fmt = searched_format(args.backend) or next(  # a backend without weight formats: its fp32 one
+        f.name for f in FORMATS.values() if f.backend == args.backend and f.precision == "fp32")
     artifacts = {}
     for fmt in args.formats.split(","):
         subnet = chosen if fmt == "searched" else chosen.architecture
