@@ -76,6 +76,10 @@ def build_module(model: Any, kind: str, *, width: int | None = None, layer: int 
         raise ValueError(f"unknown graph kind {kind!r}; expected one of {KINDS}")
     if weights not in (None, "fp32"):
         module.weights = weights
+    if kind == "model":
+        # the transformers (sub-)network itself, for writers of whole-model files (GGUF); kept out of
+        # the module's children so exporters do not see its parameters twice
+        module.__dict__["network"] = model
     return module.eval(), graph_io(model.config, kind, len(layers))
 
 
@@ -92,7 +96,9 @@ def build(spec: GraphSpec, loaded: Any = None) -> tuple[Any, Any]:
         subnet = sn.parse_subnet(spec.subnet)
         model = sn.materialize(subnet.architecture, share_weights=True)
         weights = subnet.compression
-    return build_module(model, spec.kind, width=spec.width, layer=spec.layer, weights=weights)
+    module, io = build_module(model, spec.kind, width=spec.width, layer=spec.layer, weights=weights)
+    module.source, module.tokenizer = base.source, base.tokenizer  # where the vocabulary comes from (GGUF)
+    return module, io
 
 
 GRAPH_IO_FILE = "graph_io.json"

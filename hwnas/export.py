@@ -43,6 +43,7 @@ class ExportContext:
     out: Path
     options: dict[str, Any] = field(default_factory=dict)
     compression: Any = None  # hwnas.compression.Compression the runtime files must carry (None: fp32)
+    source: str | None = None  # the base model's resolved path (a GGUF source lends its vocabulary)
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,39 @@ def _write_openvino_int4(ctx: ExportContext) -> None:
 
     _write_ov(ctx, {"mode": nncf.CompressWeightsMode.INT4_SYM, "group_size": int(ctx.options.get("group_size", 64)),
                     "ratio": 1.0})
+
+
+def _write_gguf(ctx: ExportContext, ftype: str) -> None:
+    from . import gguf_writer
+
+    vocab = gguf_writer.vocab_fields(ctx.source, ctx.tokenizer, ctx.model.config.vocab_size)
+    path = ctx.out / gguf_writer.FILE
+    if ftype in ("f32", "f16"):
+        ctx.options["gguf"] = gguf_writer.write_gguf(ctx.model, path, vocab, dtype=ftype)
+        return
+    tmp = ctx.out / ".f32.gguf"
+    ctx.options["gguf"] = {**gguf_writer.write_gguf(ctx.model, tmp, vocab), "dtype": ftype}
+    try:
+        gguf_writer.quantize(tmp, path, ftype, threads=int(ctx.options.get("threads", 1)))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_gguf(ctx: ExportContext) -> None:
+    from . import gguf_writer
+
+    gguf_writer.arch_for(ctx.model)  # refuses a family / width mix llama.cpp has no architecture for
+
+
+for _name, _ftype, _desc, _prec in (
+        ("gguf-f16", "f16", "GGUF for llama.cpp, F16 weights (norms F32)", "fp16"),
+        ("gguf-q8_0", "q8_0", "GGUF for llama.cpp, Q8_0 (8-bit, one fp16 scale per 32 weights) by llama.cpp's quantizer",
+         "int8-weights"),
+        ("gguf-q4_k_m", "q4_k_m", "GGUF for llama.cpp, Q4_K_M (4-bit K-quants, some tensors Q6_K) by llama.cpp's "
+         "quantizer", "int4-weights")):
+    register_format(_name, "llamacpp", _desc + "; per-layer MLP widths as llama.cpp's `deci` architecture",
+                    _prec, requires=("llama_cpp", "gguf"), check=_check_gguf)(
+        lambda ctx, _t=_ftype: _write_gguf(ctx, _t))
 
 
 def _check_cuda(ctx: ExportContext) -> None:
@@ -342,7 +376,7 @@ def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path |
     check_out(out, "export", legacy=is_unmarked_artifact)
     compression = _compression_for(subnet, fmt)
     model = sn.materialize(subnet.architecture)
-    ctx = ExportContext(model, sn.base.tokenizer, out, dict(options or {}), compression)
+    ctx = ExportContext(model, sn.base.tokenizer, out, dict(options or {}), compression, sn.base.source)
     if fmt.check:  # device / shape requirements first: they say what to do instead
         fmt.check(ctx)
     missing = [m for m in fmt.requires if importlib.util.find_spec(m) is None]
@@ -476,7 +510,7 @@ def _runtime_weight_bytes(folder: Path) -> int:
     if (folder / "deepsparse_decode.onnx").is_file():
         return (folder / "deepsparse_decode.onnx").stat().st_size
     return sum(p.stat().st_size for p in folder.iterdir()
-               if p.suffix in (".bin", ".onnx", ".safetensors") or p.name.endswith(".onnx.data"))
+               if p.suffix in (".bin", ".onnx", ".safetensors", ".gguf") or p.name.endswith(".onnx.data"))
 
 
 def _versions(fmt: Format) -> dict[str, str]:

@@ -1,0 +1,299 @@
+"""GGUF files for llama.cpp: a (sub-)network written the way llama.cpp's loader reads it.
+
+A homogeneous network (every kept layer at one MLP width) is written as the family's own llama.cpp
+architecture (`llama` for Llama and Mistral, `qwen2`), so any llama.cpp build and any tool reading
+GGUF loads it. A sub-network whose MLP widths differ per layer is written as `deci`, the
+architecture of DeciLM / NVIDIA's Nemotron NAS models: llama.cpp builds its layer i with
+`n_ff(i)`, `n_head(i)`, `n_head_kv(i)` from per-layer arrays, where its `llama` architecture builds
+every FFN with one `n_ff` (checked in the llama.cpp vendored by llama-cpp-python 0.3.36,
+src/models/deci.cpp vs src/models/llama.cpp; see docs/formats.md). Dropped layers are simply not
+written. Tensors follow llama.cpp's `convert_hf_to_gguf.py`: names `blk.N.attn_q` etc., Q and K
+rows permuted back from HF's rotate-half order (Llama-style architectures), norms in F32, a tied
+LM head omitted (llama.cpp then reads `token_embd` for it), Llama-3 rope scaling as `rope_freqs`.
+
+The vocabulary is carried over: every `tokenizer.*` key of a GGUF source verbatim (the embedded
+default), or, for an HF source with a byte-level BPE tokenizer, its tokens, merges, special ids and
+chat template. Quantized types come from llama.cpp's own quantizer (`quantize`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import HwnasUserError
+
+FILE = "model.gguf"
+
+
+class GgufError(HwnasUserError):
+    """A model or tokenizer this writer cannot express as GGUF."""
+
+
+@dataclass(frozen=True)
+class GgufArch:
+    """How one model family is written: its llama.cpp architecture, the one for per-layer widths
+    (None: llama.cpp has none for this family), and whether Q/K rows are permuted."""
+
+    name: str
+    per_layer: str | None
+    permute_qk: bool
+
+
+ARCHS = {"llama": GgufArch("llama", "deci", True), "mistral": GgufArch("llama", "deci", True),
+         "qwen2": GgufArch("qwen2", None, False)}
+
+# file types llama.cpp's quantizer writes (llama_ftype), by the name an export format uses
+FTYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
+
+
+def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF's rotate-half Q/K row order back to the interleaved order llama.cpp's rope expects."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _family_type(config: Any) -> str:
+    from .modeling import family_of
+
+    fam = family_of(config)
+    return fam.model_type if fam else str(getattr(config, "model_type", "?"))
+
+
+def mlp_widths(model: Any) -> list[int]:
+    return [int(layer.mlp.down_proj.in_features) for layer in model.model.layers]
+
+
+def arch_for(model: Any) -> str:
+    """The llama.cpp architecture this (sub-)network is written as."""
+    family = _family_type(model.config)
+    arch = ARCHS.get(family)
+    if arch is None:
+        raise GgufError(f"GGUF export supports {', '.join(sorted(ARCHS))} models, not {family!r}")
+    widths = mlp_widths(model)
+    if len(set(widths)) <= 1:
+        return arch.name
+    if arch.per_layer is None:
+        raise GgufError(f"llama.cpp has no architecture for a {family} network whose MLP widths differ per layer "
+                        f"({sorted(set(widths))}); export a sub-network with one MLP width, or use onnx/openvino")
+    return arch.per_layer
+
+
+def vocab_fields(source: str | None, tokenizer: Any, vocab_size: int) -> list[tuple[str, Any, Any, Any]]:
+    """The vocabulary as (key, value, type, array sub-type) GGUF fields: copied from a GGUF source,
+    else built from an HF byte-level BPE tokenizer (padded to the embedding's `vocab_size` rows)."""
+    if source and str(source).endswith(".gguf") and Path(source).is_file():
+        return _fields_from_gguf(Path(source))
+    return _fields_from_hf(tokenizer, vocab_size)
+
+
+def _fields_from_gguf(path: Path) -> list[tuple[str, Any, Any, Any]]:
+    from gguf import GGUFReader, GGUFValueType
+
+    out = []
+    for key, field in GGUFReader(str(path)).fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        vtype = field.types[0]
+        if vtype == GGUFValueType.ARRAY:
+            out.append((key, list(field.contents()), vtype, field.types[-1]))
+        else:
+            out.append((key, field.contents(), vtype, None))
+    return out
+
+
+def _fields_from_hf(tokenizer: Any, vocab_size: int) -> list[tuple[str, Any, Any, Any]]:
+    import json
+
+    from gguf import GGUFValueType as T
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = json.loads(backend.to_str()) if backend is not None else {}
+    model = spec.get("model") or {}
+    pre = json.dumps(spec.get("pre_tokenizer") or {})
+    if model.get("type") != "BPE" or "ByteLevel" not in pre:
+        raise GgufError("GGUF export of an HF model needs a byte-level BPE tokenizer (GPT-2 style) or a GGUF "
+                        "source; this tokenizer is " + str(model.get("type") or type(tokenizer).__name__))
+    vocab = tokenizer.get_vocab()
+    n = max(vocab.values()) + 1
+    if n > vocab_size:
+        raise GgufError(f"the tokenizer has {n} tokens but the embedding only {vocab_size} rows")
+    n = vocab_size
+    tokens = [f"[PAD{i}]" for i in range(n)]
+    for tok, i in vocab.items():
+        tokens[i] = tok
+    special = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    types = [3 if t in special else (1 if not t.startswith("[PAD") else 5) for t in tokens]  # 1 normal, 3 control
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    out = [("tokenizer.ggml.model", "gpt2", T.STRING, None),
+           # llama.cpp picks its pre-tokenizer regex by name; "default" is its GPT-2 one (convert_hf_to_gguf
+           # recognizes known models by a hash of their tokenization, which hwnas does not reproduce)
+           ("tokenizer.ggml.pre", "default", T.STRING, None),
+           ("tokenizer.ggml.tokens", tokens, T.ARRAY, T.STRING),
+           ("tokenizer.ggml.token_type", types, T.ARRAY, T.INT32),
+           ("tokenizer.ggml.merges", merges, T.ARRAY, T.STRING)]
+    for key, attr in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unknown", "unk_token_id"),
+                      ("padding", "pad_token_id")):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            out.append((f"tokenizer.ggml.{key}_token_id", int(value), T.UINT32, None))
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str):
+        out.append(("tokenizer.chat_template", template, T.STRING, None))
+    return out
+
+
+def _rope_freqs(config: Any, head_dim: int) -> np.ndarray | None:
+    """Llama-3 rope scaling factors (llama.cpp's `rope_freqs` tensor); None without such scaling."""
+    rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
+    kind = str(rope.get("rope_type") or rope.get("type") or "default").lower()
+    if kind == "default":
+        return None
+    if kind != "llama3":
+        raise GgufError(f"rope scaling {kind!r} is not written to GGUF by hwnas (only Llama-3's)")
+    base = float(rope.get("rope_theta") or getattr(config, "rope_theta", 10000.0))
+    factor, lo, hi = float(rope.get("factor", 8.0)), float(rope.get("low_freq_factor", 1.0)), \
+        float(rope.get("high_freq_factor", 4.0))
+    old = float(rope.get("original_max_position_embeddings", 8192))
+    freqs = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    out = []
+    for f in freqs:
+        wavelen = 2 * math.pi / f
+        if wavelen < old / hi:
+            out.append(1.0)
+        elif wavelen > old / lo:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - lo) / (hi - lo)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)
+
+
+def write_gguf(model: Any, path: str | Path, vocab: list[tuple[str, Any, Any, Any]], *, dtype: str = "f32",
+               name: str = "hwnas sub-network") -> dict[str, Any]:
+    """Write the (sub-)network `model` (a transformers model, any MLP width per layer) as one GGUF
+    file with weights in `dtype` (f32 or f16; norms stay F32). Returns what was written."""
+    import torch
+    from gguf import GGUFValueType, GGUFWriter, LlamaFileType
+
+    if dtype not in ("f32", "f16"):
+        raise GgufError(f"write_gguf writes f32 or f16, not {dtype!r} (quantize afterwards)")
+    cfg = model.config
+    arch = arch_for(model)
+    family = ARCHS[_family_type(cfg)]
+    layers = model.model.layers
+    n_layer = len(layers)
+    heads, kv = int(cfg.num_attention_heads), int(cfg.num_key_value_heads or cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    widths = mlp_widths(model)
+    per_layer = arch != family.name
+    path = Path(path)
+    w = GGUFWriter(str(path), arch)
+    w.add_name(name)
+    w.add_block_count(n_layer)
+    w.add_context_length(int(getattr(cfg, "max_position_embeddings", 2048)))
+    w.add_embedding_length(int(cfg.hidden_size))
+    w.add_feed_forward_length(widths if per_layer else widths[0] if widths else int(cfg.intermediate_size))
+    w.add_head_count([heads] * n_layer if per_layer else heads)
+    w.add_head_count_kv([kv] * n_layer if per_layer else kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    w.add_rope_freq_base(float(rope.get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)))
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_vocab_size(int(cfg.vocab_size))
+    w.add_file_type(LlamaFileType.ALL_F32 if dtype == "f32" else LlamaFileType.MOSTLY_F16)
+    for key, value, vtype, sub in vocab:
+        if key == "tokenizer.ggml.model":
+            w.add_tokenizer_model(value)
+        elif vtype == GGUFValueType.ARRAY:
+            w.add_key_value(key, value, vtype, sub_type=sub)
+        else:
+            w.add_key_value(key, value, vtype)
+
+    def put(tensor_name: str, t: torch.Tensor, keep_f32: bool = False) -> None:
+        a = t.detach().to(torch.float32).cpu().numpy()
+        if dtype == "f16" and not keep_f32 and a.ndim > 1:
+            a = a.astype(np.float16)
+        w.add_tensor(tensor_name, np.ascontiguousarray(a))
+
+    freqs = _rope_freqs(cfg, head_dim)
+    if freqs is not None:
+        w.add_tensor("rope_freqs.weight", freqs)
+    put("token_embd.weight", model.model.embed_tokens.weight)
+    tied = model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    for i, layer in enumerate(layers):
+        a, m = layer.self_attn, layer.mlp
+        q, k = a.q_proj.weight.detach().float(), a.k_proj.weight.detach().float()
+        if family.permute_qk:
+            q = torch.from_numpy(_permute(q.numpy(), heads))
+            k = torch.from_numpy(_permute(k.numpy(), kv))
+        put(f"blk.{i}.attn_norm.weight", layer.input_layernorm.weight, keep_f32=True)
+        put(f"blk.{i}.attn_q.weight", q)
+        put(f"blk.{i}.attn_k.weight", k)
+        put(f"blk.{i}.attn_v.weight", a.v_proj.weight)
+        put(f"blk.{i}.attn_output.weight", a.o_proj.weight)
+        for proj, short in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v")):
+            bias = getattr(a, proj).bias
+            if bias is not None:
+                b = bias.detach().float()
+                if family.permute_qk and short in ("q", "k"):
+                    b = torch.from_numpy(_permute(b.numpy(), heads if short == "q" else kv))
+                put(f"blk.{i}.attn_{short}.bias", b, keep_f32=True)
+        put(f"blk.{i}.ffn_norm.weight", layer.post_attention_layernorm.weight, keep_f32=True)
+        put(f"blk.{i}.ffn_gate.weight", m.gate_proj.weight)
+        put(f"blk.{i}.ffn_up.weight", m.up_proj.weight)
+        put(f"blk.{i}.ffn_down.weight", m.down_proj.weight)
+    put("output_norm.weight", model.model.norm.weight, keep_f32=True)
+    if not tied:
+        put("output.weight", model.lm_head.weight)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {"architecture": arch, "layers": n_layer, "mlp_widths": widths, "dtype": dtype, "tied_head": tied}
+
+
+def quantize(src: str | Path, dst: str | Path, ftype: str, threads: int = 1) -> None:
+    """llama.cpp's own quantizer (`llama_model_quantize`) from an F32/F16 GGUF to `ftype`."""
+    import llama_cpp
+
+    if ftype not in FTYPES:
+        raise GgufError(f"unknown GGUF type {ftype!r}; hwnas writes {', '.join(FTYPES)}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[ftype]
+    params.nthread = max(1, int(threads))
+    with _quiet_stderr() as log:  # llama.cpp prints a line per tensor on fd 2
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0:
+        last = (log.read().strip().splitlines() or ["no message"])[-1]
+        raise GgufError(f"llama.cpp could not quantize {src} to {ftype} (code {rc}: {last})")
+
+
+class _quiet_stderr:
+    """Send file descriptor 2 to a temporary file for the duration (C libraries write there)."""
+
+    def __enter__(self):  # noqa: ANN204
+        import os
+        import sys
+        import tempfile
+
+        sys.stderr.flush()
+        self.file = tempfile.TemporaryFile(mode="w+")
+        self.saved = os.dup(2)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def read(self) -> str:
+        self.file.seek(0)
+        return self.file.read()
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
