@@ -19,9 +19,9 @@ from .search import (
     LATENCY_METRICS,
     Objective,
     RunConfig,
+    front_indices,
     latency_target,
     metric_value,
-    pareto_mask,
 )
 from .subnet import Subnet
 
@@ -66,26 +66,25 @@ class Run:
         return metric_value(rec, metric)
 
     def front(self) -> list[dict[str, Any]]:
-        objs = self.config.objectives
-        f = np.asarray([[o.sign * self.value(r, o.metric) for o in objs] for r in self.records])
-        return [r for r, m in zip(self.records, pareto_mask(f)) if m]
-
+        """The run's Pareto front, as `front.json` has it: records within the run's budgets, then
+        non-dominated (`hwnas.search.front_indices`)."""
+        return [self.records[i] for i in front_indices(self.records, self.config.objectives, self.config.budgets)]
 
 
 def _check_record(rec: dict[str, Any], cfg: RunConfig, store: Path) -> None:
     """A record of the store has what a report reads: its index and round, and a number for every
-    objective (hwnas writes them so; anything else was edited or written by something else)."""
+    objective and budget (hwnas writes them so; anything else was edited or written by something else)."""
     where = f"{store}: record {rec.get('index')!r}"
     if not is_int(rec.get("index")) or not is_int(rec.get("round")):
         raise HwnasUserError(f"{store}: a record without an integer index and round; it was not written by "
                              "hwnas search (remove that line)")
-    for o in cfg.objectives:
+    for kind, metric in [*(("objective", o.metric) for o in cfg.objectives), *(("budget", m) for m in cfg.budgets)]:
         try:
-            v = metric_value(rec, o.metric)
+            v = metric_value(rec, metric)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             v = None
         if v is None or not np.isfinite(v):
-            raise HwnasUserError(f"{where} has no number for objective {o.metric}; remove that line or "
+            raise HwnasUserError(f"{where} has no number for {kind} {metric}; remove that line or "
                                  "resume the search to redo it")
 
 

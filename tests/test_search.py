@@ -53,7 +53,7 @@ def test_random_candidates_cover_every_depth(tiny_llama, tmp_path, text_task):
     import random
 
     search = make_search(tiny_llama, tmp_path, text_task)
-    subs = search._random_new(40, random.Random(0), set())
+    subs = search.random_new(40, random.Random(0), set())
     depths = [s.depth for s in subs]
     assert len(subs) == 40 and len({s.key() for s in subs}) == 40
     assert set(depths) == set(SPACE.allowed_depths) and min(depths.count(d) for d in set(depths)) >= 5

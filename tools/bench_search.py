@@ -55,14 +55,13 @@ def make_search(args, algorithm, seed, budget, sn, evaluator, cache, name):  # n
 
 
 def cmd_inner(args: argparse.Namespace, sn, evaluator) -> None:  # noqa: ANN001
-    from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.optimize import minimize
 
-    from hwnas.search import PredictedProblem, _nsga2
+    from hwnas.search import PredictedProblem, nsga2
 
     s = make_search(args, "linas", 0, 60, sn, evaluator, {}, "inner")
     rng = random.Random(0)
-    for sub in s._random_new(60, rng, set(s.store.keys)):
+    for sub in s.random_new(60, rng, set(s.store.keys)):
         s.evaluate(sub, 0)
     predictors = s.fit_predictors(s.store.records)
     problem = PredictedProblem(s, predictors)
@@ -70,7 +69,7 @@ def cmd_inner(args: argparse.Namespace, sn, evaluator) -> None:  # noqa: ANN001
         times = []
         for rep in range(3):
             t0 = time.perf_counter()
-            minimize(problem, _nsga2(s, s.cfg.linas, NSGA2), ("n_evals", n), seed=rep, verbose=False)
+            minimize(problem, nsga2(s.cfg.linas), ("n_evals", n), seed=rep, verbose=False)
             times.append(time.perf_counter() - t0)
         kinds = {m: p.kind for m, p in predictors.items()}
         print(f"inner NSGA-II, {n} predicted evaluations (pop 100, predictor {kinds}, cost "
@@ -85,7 +84,7 @@ def objectives(search: Search, recs: list[dict]) -> np.ndarray:
     f = search.objective_matrix(recs)
     if search.latencies and recs:
         subs = [Subnet.from_dict(r["subnet"]) for r in recs]
-        f[:, 1] = search._latency_of(subs)[search.cfg.objectives[1].metric]
+        f[:, 1] = search.latency_of(subs)[search.cfg.objectives[1].metric]
     return f
 
 
