@@ -7,6 +7,9 @@ once, keeping the new cache). Measurement hygiene (warm-ups, repeats, median/p90
 re-measure-and-flag above a CV threshold, peak RSS, other processes' CPU load) lives here once.
 
 Discovery is by the `hwnas.backends` entry-point group only; listing backends imports nothing heavy.
+What else a plugin brings is declared on its class too: the weight formats it runs
+(`WEIGHT_FORMATS`), a one-time setup step (`SETUP` / `setup`, run by `hwnas backends --setup NAME`)
+and artifact formats it writes itself (`register_formats`), so the core names no backend.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import psutil
+
+from hwnas.versions import dist_versions  # noqa: F401 - plugins import it from here
 
 ENTRY_POINT_GROUP = "hwnas.backends"
 
@@ -255,15 +260,31 @@ class Backend:
 
     def device(self) -> str:
         """The device this backend runs on, in words."""
-        from hwnas.fingerprint import _cpu_model
+        from hwnas.fingerprint import cpu_model
 
-        return f"cpu:{_cpu_model()}"
+        return f"cpu:{cpu_model()}"
 
     CONVERTS: ClassVar[bool] = False  # True: prepare() writes converted graphs into the workdir
     # weight formats this runtime runs besides fp32, as `hwnas.compression.Scheme`s (the numerics its
     # quantization library produces): what a space's compression genes may propose for it. A
     # backend that lists any applies the graph module's `weights` plan in `convert` / `prepare`.
     WEIGHT_FORMATS: ClassVar[dict[str, Any]] = {}
+    # what `hwnas backends --setup NAME` makes for this runtime, in words ("": it needs no setup step),
+    # e.g. a private venv for a runtime whose pins clash with hwnas's; `setup` makes it
+    SETUP: ClassVar[str] = ""
+
+    @classmethod
+    def setup(cls, log: Callable[[str], None]) -> None:
+        """Make what `SETUP` names (idempotent), reporting progress and the result through `log`."""
+        raise NotImplementedError
+
+    @classmethod
+    def register_formats(cls, register: Callable[..., Any]) -> None:
+        """Declare the artifact formats this plugin writes itself (`hwnas export --format NAME`) by
+        calling `register(name, description, precision, write, **options)` once per format: the
+        arguments of `hwnas.export.register_format`, this backend measuring the artifact; `write`
+        and an option's `check` take an `hwnas.export.ExportContext`. Called once, when
+        `hwnas.export` is imported, so it must import nothing heavy."""
 
     @classmethod
     def has_artifacts(cls, workdir: Path, config: Any) -> bool:
@@ -430,19 +451,6 @@ def backend_class(name: str) -> type[Backend]:
             return cls
     raise BackendError(f"unknown backend '{name}'; installed: {', '.join(backend_names()) or 'none'} "
                        "(run `hwnas backends` to see which are available)")
-
-
-def dist_versions(*names: str) -> dict[str, str]:
-    """Installed versions of distributions, read from metadata (imports nothing)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for n in names:
-        try:
-            out[n] = version(n)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def set_thread_env(threads: int) -> None:

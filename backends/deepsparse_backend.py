@@ -4,7 +4,10 @@ venv (`hwnas backends --setup deepsparse` creates one in the hwnas cache; or poi
 process. Graphs are exported here (ONNX, like the onnxruntime backend) and compiled there per static
 shape; prefill uses a graph without cache inputs (DeepSparse hands a zero-length past to its bundled
 ORT instead of its own engine), decode a graph with a cache of the asked-for length, re-run at
-that length for every step (static shapes: the cache does not grow)."""
+that length for every step (static shapes: the cache does not grow).
+
+The plugin also declares the `deepsparse` artifact format (`register_formats`): magnitude-pruned
+linears, the two graphs DeepSparse compiles, verified by ONNX Runtime on the decode graph."""
 
 from __future__ import annotations
 
@@ -84,11 +87,80 @@ def _has_deepsparse(py: Path) -> bool:
     return any((root / "lib").glob(f"python3*/site-packages/deepsparse-{VERSION}.dist-info"))
 
 
+def magnitude_prune(model: Any, sparsity: float) -> dict[str, float]:
+    """Zero the smallest-|w| fraction of every attention and MLP linear, per matrix (unstructured).
+    Embeddings, norms and the LM head stay dense. Returns the achieved sparsity per kind."""
+    import torch
+
+    zeros = {"attention": 0, "mlp": 0}
+    total = {"attention": 0, "mlp": 0}
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for kind, block in (("attention", layer.self_attn), ("mlp", layer.mlp)):
+                for lin in block.modules():
+                    if not isinstance(lin, torch.nn.Linear):
+                        continue
+                    w = lin.weight
+                    k = int(sparsity * w.numel())
+                    if k:
+                        cut = w.abs().flatten().kthvalue(k).values
+                        w.masked_fill_(w.abs() <= cut, 0.0)
+                    zeros[kind] += int((w == 0).sum())
+                    total[kind] += w.numel()
+    return {k: zeros[k] / total[k] for k in zeros}
+
+
+def _check_artifact(ctx: Any) -> None:
+    from hwnas.export import ExportError
+
+    ok, why = DeepSparseBackend.available()
+    if not ok:
+        raise ExportError(f"deepsparse format: {why}")
+    s = float(ctx.options.get("sparsity", 0.7))
+    if not 0.0 <= s < 1.0:
+        raise ExportError(f"--sparsity must be in [0, 1), got {s}")
+
+
+def _write_artifact(ctx: Any) -> None:
+    from .graphs import build_module
+    from .onnx_export import export_onnx
+
+    ctx.options["achieved_sparsity"] = magnitude_prune(ctx.model, float(ctx.options.get("sparsity", 0.7)))
+    module, io = build_module(ctx.model, "model")
+    export_onnx(module, io, ctx.out / "deepsparse_prefill.onnx", with_past=False, opset=OPSET, ir_version=IR_VERSION)
+    export_onnx(module, io, ctx.out / "deepsparse_decode.onnx", opset=OPSET, ir_version=IR_VERSION)
+    ctx.model.save_pretrained(ctx.out / "pruned_hf")  # the pruned weights, for recovery fine-tuning elsewhere
+    (ctx.out / READY).write_text("")
+
+
+def _runner_folder(art: Path) -> Path:
+    """The artifact as ONNX Runtime (its runner) reads it: the decode graph (dynamic past), unchanged,
+    linked as `graph.onnx` in a folder of its own."""
+    import tempfile
+
+    link_dir = Path(tempfile.mkdtemp(prefix="hwnas-verify-"))
+    (link_dir / "graph.onnx").symlink_to((Path(art) / "deepsparse_decode.onnx").resolve())
+    return link_dir
+
+
 class DeepSparseBackend(Backend):
     NAME = "deepsparse"
     CONFIG = DeepSparseConfig
     STATIC_SHAPES = True
     CONVERTS = True
+    SETUP = f"a private venv with {' '.join(REQUIREMENTS)} in the hwnas cache (python 3.11; ~30 s, ~485 MB)"
+
+    @classmethod
+    def setup(cls, log: Any) -> None:
+        py = setup_venv(log=log)
+        log(f"deepsparse venv ready: {py}")
+
+    @classmethod
+    def register_formats(cls, register: Any) -> None:
+        register("deepsparse", "magnitude-pruned (unstructured) attention and MLP linears, ONNX compiled by "
+                 "DeepSparse 1.8 (the only runtime here that turns unstructured sparsity into speed)", "fp32-sparse",
+                 _write_artifact, requires=("onnx",), check=_check_artifact, runner="onnxruntime",
+                 runner_folder=_runner_folder)
 
     @classmethod
     def has_artifacts(cls, workdir: Path, config: Any) -> bool:

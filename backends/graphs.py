@@ -46,14 +46,14 @@ def compose_enabled(compose: bool | None = None) -> bool:
 
 def graph_io(config, kind: str, n_layers: int) -> Any:  # noqa: ANN001
     """The GraphIO of a graph of this kind over a model with this config."""
+    from hwnas.shape import ModelShape
+
     from .onnx_export import GraphIO
 
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv = config.num_key_value_heads or heads
+    s = ModelShape.of(config)
     x_kind = "ids" if kind in ("model", "head") else "hidden"
     past = {"model": n_layers, "attention": 1}.get(kind, 0)
-    return GraphIO(x_kind, config.hidden_size, config.vocab_size, past, kv, head_dim)
+    return GraphIO(x_kind, s.hidden, s.vocab, past, s.kv_heads, s.head_dim)
 
 
 def build_module(model: Any, kind: str, *, width: int | None = None, layer: int = 0,
@@ -140,13 +140,13 @@ def model_identity(spec: str) -> str:
     """Cheap identity of a model spec for caching converted graphs (changes when its files do)."""
     from pathlib import Path
 
-    from hwnas.model import EMBEDDED, _folder_hash
+    from hwnas.model import EMBEDDED, folder_hash
 
     path = Path(spec).expanduser()
     if spec in EMBEDDED:
         path = EMBEDDED[spec].locate()
     if path.is_dir():
-        return _folder_hash(path)
+        return folder_hash(path)
     if path.is_file():
         st = path.stat()
         return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
@@ -157,12 +157,12 @@ def graph_cache_dir(spec: GraphSpec) -> Any:
     """Where converted graphs of this spec are kept (shared by backends: graph.onnx, openvino.xml)."""
     import hashlib
     import json
-    from importlib.metadata import version
     from pathlib import Path
 
     from hwnas.model import cache_root
+    from hwnas.versions import dist_versions
 
-    ident = {"spec": spec.to_dict(), "model": model_identity(spec.model), "torch": version("torch"),
+    ident = {"spec": spec.to_dict(), "model": model_identity(spec.model), "torch": dist_versions("torch")["torch"],
              "format": FORMAT_VERSION, "composed": compose_enabled(None)}
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
     import os

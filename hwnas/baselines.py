@@ -260,9 +260,9 @@ def _compare(points: list[Point], reference_format: str, tol: float) -> None:
 
 def _result(sn: Any, backend: str, points: list[Point], windows: list[np.ndarray], rounds: int, prefill: int,
             decode: int, threads: int, repeats: int | None, *, partial: bool) -> dict[str, Any]:
-    from .fingerprint import _cpu_model
+    from .fingerprint import cpu_model
 
-    return {"version": VERSION, "model": sn.base.spec, "backend": backend, "device": f"cpu:{_cpu_model()}",
+    return {"version": VERSION, "model": sn.base.spec, "backend": backend, "device": f"cpu:{cpu_model()}",
             "channel_order": sn.order.method if sn.order else None, "partial": partial,
             "eval": {"data": "wikitext2 test, second half", "windows": len(windows), "window": len(windows[0])},
             "measure": {"rounds": rounds, "prefill_tokens": prefill, "decode_tokens": decode, "threads": threads,

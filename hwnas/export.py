@@ -56,9 +56,11 @@ class Format:
     requires: tuple[str, ...] = ()
     check: Callable[[ExportContext], None] | None = None
     backend_config: dict[str, Any] = field(default_factory=dict)
-    runner: str | None = None  # the plugin that runs it for verify/run when `backend` only times (deepsparse)
+    runner: str | None = None  # the plugin that runs it for verify/run when `backend` only times it
     weights: str | None = None  # the one weight format it stores every block in (onnx-int8: int8)
     per_block: bool = False  # writes a compressed sub-network's per-block formats (`ctx.compression`)
+    # the folder `runner` prepares from, made from the artifact folder (None: the artifact folder itself)
+    runner_folder: Callable[[Path], Path] | None = None
 
 
 FORMATS: dict[str, Format] = {}
@@ -67,10 +69,11 @@ FORMATS: dict[str, Format] = {}
 def register_format(name: str, backend: str, description: str, precision: str, requires: tuple[str, ...] = (),
                     check: Callable[[ExportContext], None] | None = None,
                     backend_config: dict[str, Any] | None = None, runner: str | None = None,
-                    weights: str | None = None, per_block: bool = False):  # noqa: ANN201
+                    weights: str | None = None, per_block: bool = False,
+                    runner_folder: Callable[[Path], Path] | None = None):  # noqa: ANN201
     def deco(fn: Callable[[ExportContext], None]) -> Callable[[ExportContext], None]:
         FORMATS[name] = Format(name, backend, description, precision, fn, requires, check, backend_config or {},
-                               runner, weights, per_block)
+                               runner, weights, per_block, runner_folder)
         return fn
     return deco
 
@@ -213,51 +216,26 @@ def _write_bnb(ctx: ExportContext) -> None:
     shutil.rmtree(tmp)
 
 
-@torch.no_grad()
-def magnitude_prune(model, sparsity: float) -> dict[str, float]:  # noqa: ANN001
-    """Zero the smallest-|w| fraction of every attention and MLP linear, per matrix (unstructured).
-    Embeddings, norms and the LM head stay dense. Returns the achieved sparsity per kind."""
-    zeros = {"attention": 0, "mlp": 0}
-    total = {"attention": 0, "mlp": 0}
-    for layer in model.model.layers:
-        for kind, block in (("attention", layer.self_attn), ("mlp", layer.mlp)):
-            for lin in block.modules():
-                if not isinstance(lin, torch.nn.Linear):
-                    continue
-                w = lin.weight
-                k = int(sparsity * w.numel())
-                if k:
-                    cut = w.abs().flatten().kthvalue(k).values
-                    w.masked_fill_(w.abs() <= cut, 0.0)
-                zeros[kind] += int((w == 0).sum())
-                total[kind] += w.numel()
-    return {k: zeros[k] / total[k] for k in zeros}
+def _register_plugin_formats() -> None:
+    """The formats backend plugins declare themselves (`Backend.register_formats`), after the core's."""
+    from hwnas_backends.base import backend_class, backend_names
+
+    def registrar(backend: str) -> Callable[..., None]:
+        def register(name: str, description: str, precision: str, write: Callable[[ExportContext], None],
+                     **options: Any) -> None:
+            if name not in FORMATS:
+                register_format(name, backend, description, precision, **options)(write)
+        return register
+
+    for backend in backend_names():
+        try:
+            cls = backend_class(backend)
+        except Exception:  # a broken plugin is listed by `hwnas backends`, not fatal here
+            continue
+        cls.register_formats(registrar(backend))
 
 
-def _check_deepsparse(ctx: ExportContext) -> None:
-    from hwnas_backends.deepsparse_backend import DeepSparseBackend
-
-    ok, why = DeepSparseBackend.available()
-    if not ok:
-        raise ExportError(f"deepsparse format: {why}")
-    s = float(ctx.options.get("sparsity", 0.7))
-    if not 0.0 <= s < 1.0:
-        raise ExportError(f"--sparsity must be in [0, 1), got {s}")
-
-
-@register_format("deepsparse", "deepsparse", "magnitude-pruned (unstructured) attention and MLP linears, ONNX "
-                 "compiled by DeepSparse 1.8 (the only runtime here that turns unstructured sparsity into speed)",
-                 "fp32-sparse", requires=("onnx",), check=_check_deepsparse, runner="onnxruntime")
-def _write_deepsparse(ctx: ExportContext) -> None:
-    from hwnas_backends.deepsparse_backend import IR_VERSION, OPSET, READY
-    from hwnas_backends.onnx_export import export_onnx
-
-    ctx.options["achieved_sparsity"] = magnitude_prune(ctx.model, float(ctx.options.get("sparsity", 0.7)))
-    module, io = _graph(ctx.model)
-    export_onnx(module, io, ctx.out / "deepsparse_prefill.onnx", with_past=False, opset=OPSET, ir_version=IR_VERSION)
-    export_onnx(module, io, ctx.out / "deepsparse_decode.onnx", opset=OPSET, ir_version=IR_VERSION)
-    ctx.model.save_pretrained(ctx.out / "pruned_hf")  # the pruned weights, for recovery fine-tuning elsewhere
-    (ctx.out / READY).write_text("")
+_register_plugin_formats()
 
 
 # --- running an artifact ----------------------------------------------------------------------
@@ -283,12 +261,8 @@ def open_runtime(art: Path, manifest: dict[str, Any], threads: int = 1):  # noqa
     else:
         cfg = load_config(str(art))
         io = graph_io(cfg, "model", cfg.num_hidden_layers)
-    if fmt.name == "deepsparse":  # its decode graph (dynamic past) run by ONNX Runtime, unchanged
-        import tempfile
-
-        link_dir = Path(tempfile.mkdtemp(prefix="hwnas-verify-"))
-        (link_dir / "graph.onnx").symlink_to((art / "deepsparse_decode.onnx").resolve())
-        art = link_dir
+    if fmt.runner_folder is not None:
+        art = fmt.runner_folder(art)
     be.prepare(module, io, art)
     return be, io
 

@@ -48,7 +48,8 @@ class Fingerprint:
         return f"{name}-{self.physical_cores}c" if not self.gpu else name
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; else what `platform` knows)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -57,6 +58,9 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+_cpu_model = cpu_model  # old name, still imported by backends/llamacpp_backend.py and tools/bench_compression.py
 
 
 def _isa() -> list[str]:
@@ -134,7 +138,7 @@ def fingerprint(threads: int = 1, roofline: bool = True) -> Fingerprint:
     except AttributeError:  # pragma: no cover - not on Linux
         affinity = None
     return Fingerprint(
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model(),
         physical_cores=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
         logical_cpus=psutil.cpu_count(logical=True) or 1,
         isa=_isa(),

@@ -149,7 +149,7 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1
 
 
-def _folder_hash(folder: Path) -> str:
+def folder_hash(folder: Path) -> str:
     """Cheap identity of an HF folder: hash of its config and the names/sizes of its files."""
     import hashlib
 
@@ -251,7 +251,7 @@ def load_model(
         except _load_errors() as exc:
             raise ModelLoadError(f"cannot load the model folder {path} ({_first_line(exc)}); are its config.json, "
                                  "weights and tokenizer files complete?") from exc
-        digest, source = _folder_hash(path), str(path)
+        digest, source = folder_hash(path), str(path)
     elif path.exists() or _looks_like_path(spec):
         raise ModelLoadError(
             f"cannot load '{spec}': {'not a model folder or .gguf file' if path.exists() else 'no such model folder or file'}; "

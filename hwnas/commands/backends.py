@@ -7,23 +7,27 @@ import argparse
 from . import emit_json, info
 
 NAME = "backends"
-HELP = "list runtime backends with availability and versions (--setup deepsparse creates its venv)"
+HELP = "list runtime backends with availability and versions (--setup BACKEND makes what one needs first)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--setup", metavar="BACKEND", choices=["deepsparse"],
-                   help="create the private environment a backend needs (deepsparse: ~30 s, ~485 MB)")
+    p.add_argument("--setup", metavar="BACKEND",
+                   help="make what a backend needs before it can run, e.g. a private environment (the "
+                        "backends with such a step say so in their reason for being unavailable)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from hwnas_backends.base import backend_class, backend_names
 
-    if args.setup == "deepsparse":
-        from hwnas_backends.deepsparse_backend import setup_venv
+    if args.setup:
+        from ..errors import BackendError
 
-        py = setup_venv(log=info)
-        info(f"deepsparse venv ready: {py}")
+        cls = backend_class(args.setup)
+        if not cls.SETUP:
+            raise BackendError(f"backend '{args.setup}' has no setup step (--setup is for backends that need "
+                               "something made first)")
+        cls.setup(log=info)
     rows = []
     for name in backend_names():
         try:

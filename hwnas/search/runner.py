@@ -23,6 +23,7 @@ from ..errors import HwnasUserError
 from ..fileio import write_json, write_yaml
 from ..space import SearchSpace
 from ..subnet import Subnet
+from ..versions import dist_versions
 from .algorithms import ALGORITHMS
 from .config import LATENCY_METRICS, Objective, RunConfig
 from .cost import CostModel
@@ -179,7 +180,8 @@ class Search:
                                if len(self.latencies) > 1 else
                                next((lm.profile_id for lm in self.latencies.values()), None)),
             "seeds": {"run": self.cfg.seed, "eval": self.cfg.seed},
-            "versions": {"hwnas": __version__, "torch": torch.__version__, "transformers": _version("transformers")},
+            "versions": {"hwnas": __version__, "torch": torch.__version__,
+                         "transformers": dist_versions("transformers").get("transformers", "absent")},
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "eval_seconds": round(time.perf_counter() - t0, 3),
             "cached": cached,
@@ -269,12 +271,3 @@ class Search:
                        **{o.metric: metric_value(recs[i], o.metric) for o in self.cfg.objectives}} for i in front],
             "hypervolume_history": self.hv_history})
         return SearchResult(self.run_dir, recs, self.cfg.objectives, front, self.hv_history)
-
-
-def _version(pkg: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(pkg)
-    except PackageNotFoundError:
-        return "absent"
