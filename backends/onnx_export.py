@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwnas.shape import head_dim, kv_heads
+
 KV_INPUT = "past_{kind}_{layer}"
 KV_OUTPUT = "present_{kind}_{layer}"
 
@@ -46,8 +48,7 @@ class AttentionBlock(nn.Module):
         self.attn = layer.self_attn
         self.rotary = rotary
         self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads or self.heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.kv_heads, self.head_dim = kv_heads(config), head_dim(config)
         self.scaling = self.head_dim ** -0.5
 
     def forward(self, h: torch.Tensor, *past: torch.Tensor):  # noqa: ANN201

@@ -29,6 +29,9 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from .shape import head_dim as per_head
+from .shape import kv_heads
+
 
 class _PerLayerMLP:
     """Mixin: after the family's constructor, rebuild each layer's MLP at its own width."""
@@ -160,8 +163,7 @@ def analytic_parameter_count(config: PretrainedConfig, mlp_widths: list[int]) ->
     """Parameters a model of this shape must have, from the config alone (checks the slicing)."""
     h = config.hidden_size
     heads = config.num_attention_heads
-    kv = config.num_key_value_heads or heads
-    head_dim = getattr(config, "head_dim", None) or h // heads
+    kv, head_dim = kv_heads(config), per_head(config)
     vocab = config.vocab_size
     attn_bias = bool(getattr(config, "attention_bias", False))
     mlp_bias = bool(getattr(config, "mlp_bias", False))
