@@ -3,10 +3,17 @@ folder beside the current directory or beside the hwnas checkout. Nothing is dow
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from .errors import DataNotFoundError
+
+ALPACA = "alpaca/alpaca_5000.json"
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task{ctx}. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n{input}### Response:\n{output}"
+)
 
 
 def candidate_dirs(explicit: str | Path | None = None) -> list[Path]:
@@ -33,3 +40,17 @@ def find_data_file(relative: str, data_dir: str | Path | None = None) -> Path:
         f"data file '{relative}' not found (looked in: {where}); pass --data DIR or set HWNAS_DATA "
         f"to a folder laid out as ../shared/data (see its MANIFEST.md)"
     )
+
+
+def alpaca_texts(path: Path) -> list[str]:
+    """One text per record of an Alpaca-format JSON file (instruction, optional input, output), in the
+    Stanford Alpaca prompt template: what fine-tuning trains on and importance calibrates on."""
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    out = []
+    for r in rows:
+        has_input = bool(r.get("input"))
+        out.append(ALPACA_TEMPLATE.format(
+            ctx=", paired with an input that provides further context" if has_input else "",
+            instruction=r["instruction"], input=f"### Input:\n{r['input']}\n\n" if has_input else "",
+            output=r["output"]))
+    return out

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .data import find_data_file
+from .data import ALPACA, alpaca_texts, find_data_file
 from .errors import HwnasUserError
 from .fileio import append_jsonl, truncate_jsonl, write_json, write_yaml
 from .space import FINETUNE_RECORD, SearchSpace
@@ -41,11 +41,6 @@ from .subnet import Subnet
 from .supernet import ORDER_MARKER, Supernet
 
 RULES = ("alternate", "sandwich")
-ALPACA = "alpaca/alpaca_5000.json"
-ALPACA_TEMPLATE = (
-    "Below is an instruction that describes a task{ctx}. Write a response that appropriately "
-    "completes the request.\n\n### Instruction:\n{instruction}\n\n{input}### Response:\n{output}"
-)
 
 
 @dataclass
@@ -62,18 +57,6 @@ class FinetuneConfig:
     data: str = "alpaca"
     save_every: int = 50
     freeze_embeddings: bool = True  # the tied 49k x 576 embedding is a third of SmolLM2's weights
-
-
-def alpaca_texts(path: Path) -> list[str]:
-    rows = json.loads(path.read_text(encoding="utf-8"))
-    out = []
-    for r in rows:
-        has_input = bool(r.get("input"))
-        out.append(ALPACA_TEMPLATE.format(
-            ctx=", paired with an input that provides further context" if has_input else "",
-            instruction=r["instruction"], input=f"### Input:\n{r['input']}\n\n" if has_input else "",
-            output=r["output"]))
-    return out
 
 
 def training_tokens(tokenizer, data: str, data_dir: str | Path | None = None) -> torch.Tensor:  # noqa: ANN001
@@ -134,9 +117,7 @@ def _sliced_mlp_forward(mlp, k: int) -> Callable[[torch.Tensor], torch.Tensor]: 
     return forward
 
 
-def smallest_subnet(space: SearchSpace, layer_scores: list[float] | None) -> Subnet:
-    """Minimum depth (least influential layers dropped) at the smallest width."""
-    return Subnet.dropping(space, layer_scores, space.num_layers - min(space.allowed_depths), space.mlp_widths[0])
+smallest_subnet = Subnet.smallest  # the sandwich rule's smallest network (the name callers know)
 
 
 def _kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -202,7 +183,7 @@ def finetune(sn: Supernet, space: SearchSpace, cfg: FinetuneConfig, out: str | P
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
     for _ in range(start):
         sched.step()
-    smallest = smallest_subnet(space, sn.order.layer_scores if sn.order else None)
+    smallest = Subnet.smallest(space, sn.order.layer_scores if sn.order else None)
     full = sn.full_subnet()
     log_path = out / "loss_log.jsonl"
     claim_dir(out, "finetune", legacy=(FINETUNE_RECORD, "loss_log.jsonl", "checkpoint"))
@@ -278,8 +259,7 @@ def _checkpoint(model, opt, params, cfg: FinetuneConfig, step: int, ckpt: Path) 
 
 
 def _write_final(sn: Supernet, cfg: FinetuneConfig, out: Path) -> None:
-    from .importance import save_order
-    from .supernet import ChannelOrder
+    from .importance import ChannelOrder, save_order
 
     model = sn.model
     tmp = out / ".final.tmp"  # written whole, then moved in file by file (the record last)

@@ -20,25 +20,28 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from .data import find_data_file
+from .data import ALPACA, alpaca_texts, find_data_file
 from .errors import HwnasUserError
 from .fileio import write_json
 from .model import LoadedModel, cache_root
-from .supernet import ChannelOrder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 METHODS = ("act", "contrib", "taylor")
 ORDER_VERSION = 1
 CALIBRATION_SOURCES: dict[str, str] = {
     # name -> data file; wikitext2 *valid* so that WikiText-2 *test* perplexity stays held out
     "wikitext2-valid": "wikitext2/wikitext-2-v1.valid.tokens.txt",
-    "alpaca": "alpaca/alpaca_5000.json",
+    "alpaca": ALPACA,
 }
 
 
@@ -55,6 +58,37 @@ class Calibration:
         return f"{self.source}-{self.num_sequences}x{self.seq_len}-s{self.seed}"
 
 
+@dataclass
+class ChannelOrder:
+    """Per-layer permutation of MLP channels (most important first) and optional layer scores."""
+
+    mlp: list[list[int]]
+    layer_scores: list[float] | None = None
+    method: str = "identity"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def identity(cls, widths: Sequence[int]) -> ChannelOrder:
+        return cls(mlp=[list(range(w)) for w in widths])
+
+    @torch.no_grad()
+    def apply_to(self, model: PreTrainedModel) -> None:
+        """Permute every MLP's channels in place (the model computes the same function after)."""
+        layers = model.model.layers
+        if len(self.mlp) != len(layers):
+            raise ValueError(f"channel order has {len(self.mlp)} layers, the model {len(layers)}")
+        for layer, perm in zip(layers, self.mlp):
+            mlp = layer.mlp
+            idx = torch.as_tensor(perm, dtype=torch.long, device=mlp.gate_proj.weight.device)
+            if sorted(perm) != list(range(mlp.gate_proj.out_features)):
+                raise ValueError("a channel order must be a permutation of each layer's channels")
+            for lin in (mlp.gate_proj, mlp.up_proj):
+                lin.weight.copy_(lin.weight[idx])
+                if lin.bias is not None:
+                    lin.bias.copy_(lin.bias[idx])
+            mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, idx])
+
+
 def calibration_ids(tokenizer, calib: Calibration, data_dir: str | Path | None = None) -> torch.Tensor:  # noqa: ANN001
     """(num_sequences, seq_len) token ids drawn with a fixed seed from the calibration source."""
     if calib.source in CALIBRATION_SOURCES:
@@ -65,9 +99,7 @@ def calibration_ids(tokenizer, calib: Calibration, data_dir: str | Path | None =
             raise HwnasUserError(
                 f"calibration source '{calib.source}' is neither a file nor one of {sorted(CALIBRATION_SOURCES)}")
     if path.suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
-        text = "\n\n".join(
-            f"{r['instruction']}\n{r.get('input', '')}\n{r['output']}".replace("\n\n", "\n") for r in rows)
+        text = "\n\n".join(alpaca_texts(path))
     else:
         text = path.read_text(encoding="utf-8")
     ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
@@ -173,8 +205,15 @@ def compute_order(base: LoadedModel, method: str = "contrib", calib: Calibration
 
 
 def order_path(base: LoadedModel, method: str, calib: Calibration) -> Path:
-    tag = hashlib.sha256(f"{base.source_hash}|{method}|{calib.key()}".encode()).hexdigest()[:16]
+    key = f"{base.source_hash}|{method}|{calib.key()}"
+    if _is_json(calib.source):  # Alpaca records as the fine-tuning template formats them (not as before)
+        key += "|alpaca-template"
+    tag = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_root() / "orders" / f"{tag}.json"
+
+
+def _is_json(source: str) -> bool:
+    return CALIBRATION_SOURCES.get(source, source).endswith(".json")
 
 
 def save_order(order: ChannelOrder, path: str | Path) -> None:

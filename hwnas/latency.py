@@ -35,6 +35,7 @@ from .errors import HwnasUserError, is_int
 from .fileio import append_jsonl, read_jsonl, write_text, write_yaml
 from .modeling import ParamCounter
 from .profile import HEADER_FILE, LUT_FILE, DeviceProfile
+from .shape import ModelShape
 from .space import SearchSpace
 from .subnet import Subnet
 
@@ -72,9 +73,8 @@ class Shape:
 
     @classmethod
     def of(cls, config) -> Shape:  # noqa: ANN001
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return cls(config.hidden_size, config.num_key_value_heads or config.num_attention_heads, head_dim,
-                   config.num_hidden_layers, ParamCounter(config))
+        s = ModelShape.of(config)
+        return cls(s.hidden, s.kv_heads, s.head_dim, s.layers, ParamCounter(config))
 
 
 class FeatureBuilder:
@@ -492,8 +492,9 @@ def repeatability(recs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]
 
 
 def sample_subnets(space: SearchSpace, n: int, seed: int, exclude: set[str] | None = None,
-                   extremes: bool = True) -> list[Subnet]:
-    """`n` distinct random sub-networks (plus the largest and smallest when `extremes`, and, in a
+                   extremes: bool = True, layer_scores: list[float] | None = None) -> list[Subnet]:
+    """`n` distinct random sub-networks (plus the largest and smallest when `extremes` -- the
+    smallest is `Subnet.smallest`, its least influential layers by `layer_scores` dropped -- and, in a
     space with weight formats, the largest and smallest with every weight in each compressed
     format: random per-block formats are almost never uniform, and without these the fit
     extrapolates to the all-compressed networks the search prefers)."""
@@ -502,10 +503,7 @@ def sample_subnets(space: SearchSpace, n: int, seed: int, exclude: set[str] | No
     seen = set(exclude or ())
     if extremes:
         full = Subnet(tuple(range(space.num_layers)), (space.mlp_widths[-1],) * space.num_layers)
-        low = min(space.allowed_depths)
-        layers = tuple(range(low)) if space.mode == "prefix" else tuple(
-            sorted(set(range(space.num_layers)) - set(space.droppable_layers[: space.num_layers - low])))
-        ends = [full, Subnet(layers, (space.mlp_widths[0],) * len(layers))]
+        ends = [full, Subnet.smallest(space, layer_scores)]
         for fmt in space.weight_formats if space.compressed else ():
             if fmt != "fp32":
                 ends += [e.compressed(Compression.uniform(fmt, e.depth)) for e in ends[:2]]
@@ -559,9 +557,10 @@ def _cv_mape(x: np.ndarray, y_ms: np.ndarray, mode: str, seed: int, folds: int =
 def fit(profile_dir: str | Path, model: str, space: SearchSpace, out: str | Path, *, samples: int = 40,
         prefill: int = 128, decode: int = 32, batch: int = 1, seed: int = 0, rounds: int = 1,
         progress: Callable[[int, int], None] | None = None, isolate: bool = True,
-        speed_check: bool = True) -> LatencyModel:
+        speed_check: bool = True, layer_scores: list[float] | None = None) -> LatencyModel:
     """Measure `samples` sub-networks `rounds` times each (interleaved, resumable; the median is
-    the training target) and fit one regressor per target."""
+    the training target) and fit one regressor per target. `layer_scores`: the base model's layer
+    influence (its channel order's), which picks the layers the smallest sample drops."""
     from . import __version__
     from .model import load_config
     from .outdir import check_out, claim_dir
@@ -573,7 +572,7 @@ def fit(profile_dir: str | Path, model: str, space: SearchSpace, out: str | Path
         raise LatencyModelError(f"profile {profile_dir} was made for model '{prof.header.get('model')}', not '{model}'")
     speed = check_same_device(prof, speed=speed_check)
     shape = Shape.of(load_config(model))
-    subnets = sample_subnets(space, samples, seed)
+    subnets = sample_subnets(space, samples, seed, layer_scores=layer_scores)
     claim_dir(out, "latency-model", legacy=("samples.jsonl",))
     recs = measure_samples(out / "samples.jsonl", subnets, prof, prefill=prefill, decode=decode, batch=batch,
                            rounds=rounds, progress=progress, isolate=isolate)

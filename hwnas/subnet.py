@@ -76,6 +76,13 @@ class Subnet:
         return cls(tuple(layers), (width,) * len(layers))
 
     @classmethod
+    def smallest(cls, space: SearchSpace, layer_scores: list[float] | None = None) -> Subnet:
+        """The space's smallest sub-network: its least influential layers dropped down to its minimum
+        depth (`dropping`), every kept layer at its narrowest MLP width. One definition for the
+        sandwich rule's smallest network and the latency fit's smallest sample."""
+        return cls.dropping(space, layer_scores, space.num_layers - min(space.allowed_depths), space.mlp_widths[0])
+
+    @classmethod
     def parse(cls, data: Any, *, num_layers: int, intermediate_size: int | list[int],
               space: SearchSpace | None = None, source: str = "subnet") -> Subnet:
         """Validate a decoded JSON object against the base model (and the space, if given).

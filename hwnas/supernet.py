@@ -3,14 +3,13 @@
 A sub-network is a real, smaller model: the kept layers, and in each the first k MLP channels
 (gate/up rows, down columns), copied out of the base. Before slicing, an optional `ChannelOrder`
 permutes every MLP's channels so that "the first k" are the k most important; the permutation
-leaves the base model's function unchanged. Computing a good order is `hwnas.importance`'s job.
+leaves the base model's function unchanged. Computing a good order is `hwnas.importance`'s job
+(the order's owner; this module depends on it, never the other way round).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from accelerate import init_empty_weights
 from transformers import PreTrainedModel
 
 from .fileio import write_json
+from .importance import METHODS, ChannelOrder, get_order, load_order, save_order
 from .model import LoadedModel
 from .modeling import Family, mlp_widths_of, parameter_count
 from .space import SearchSpace
@@ -26,37 +26,6 @@ from .subnet import Subnet
 
 SUBNET_FILE = "hwnas_subnet.json"
 ORDER_MARKER = "hwnas_order.json"  # channels already ordered; the order's layer scores
-
-
-@dataclass
-class ChannelOrder:
-    """Per-layer permutation of MLP channels (most important first) and optional layer scores."""
-
-    mlp: list[list[int]]
-    layer_scores: list[float] | None = None
-    method: str = "identity"
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def identity(cls, widths: Sequence[int]) -> ChannelOrder:
-        return cls(mlp=[list(range(w)) for w in widths])
-
-    @torch.no_grad()
-    def apply_to(self, model: PreTrainedModel) -> None:
-        """Permute every MLP's channels in place (the model computes the same function after)."""
-        layers = model.model.layers
-        if len(self.mlp) != len(layers):
-            raise ValueError(f"channel order has {len(self.mlp)} layers, the model {len(layers)}")
-        for layer, perm in zip(layers, self.mlp):
-            mlp = layer.mlp
-            idx = torch.as_tensor(perm, dtype=torch.long, device=mlp.gate_proj.weight.device)
-            if sorted(perm) != list(range(mlp.gate_proj.out_features)):
-                raise ValueError("a channel order must be a permutation of each layer's channels")
-            for lin in (mlp.gate_proj, mlp.up_proj):
-                lin.weight.copy_(lin.weight[idx])
-                if lin.bias is not None:
-                    lin.bias.copy_(lin.bias[idx])
-            mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, idx])
 
 
 class Supernet:
@@ -174,8 +143,6 @@ class Supernet:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
         if self.order is not None:  # its channels are ordered already: record it, with the layer scores
-            from .importance import save_order
-
             scores = self.order.layer_scores
             save_order(ChannelOrder(
                 mlp=[list(range(w)) for w in subnet.mlp_widths],
@@ -186,6 +153,13 @@ class Supernet:
 
 
 
+def stored_layer_scores(spec: str) -> list[float] | None:
+    """The layer scores a folder whose channels were already ordered carries (`hwnas_order.json`,
+    written by `hwnas finetune`), without loading the model; None for any other model."""
+    marker = Path(spec) / ORDER_MARKER
+    return load_order(marker).layer_scores if marker.is_file() else None
+
+
 def open_supernet(spec: str, *, channel_order: str = "contrib", data_dir: str | Path | None = None,
                   progress: Any = None) -> Supernet:
     """Load a base model as a super-network with its importance order applied (the default
@@ -193,7 +167,6 @@ def open_supernet(spec: str, *, channel_order: str = "contrib", data_dir: str | 
 
     A folder whose channels were already ordered (written by `hwnas finetune`) says so in
     `hwnas_order.json` and is used as it is, with its stored layer scores."""
-    from .importance import METHODS, get_order, load_order
     from .model import load_model
 
     base = load_model(spec)

@@ -99,6 +99,7 @@ def _demo(args: argparse.Namespace, out: Path, t_start: float) -> int:
         # the profile was taken by this run a moment ago: no speed probe (a demo should not stop
         # because a browser was busy); `hwnas latency fit` on its own does check
         lm = fit(prof_dir, args.model, space, lm_dir, samples=args.latency_samples, speed_check=False,
+                 layer_scores=sn.order.layer_scores if sn.order else None,
                  progress=progress_printer("measuring sub-networks"))
     timings["latency"] = time.perf_counter() - t
 

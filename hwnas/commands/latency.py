@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.latency_cmd == "fit":
         from ..outdir import check_out, exclusive
+        from ..supernet import stored_layer_scores
 
         check_out(args.out, "latency-model", legacy=("samples.jsonl",))
         model = args.model or DeviceProfile.load(args.profile).header["model"]
@@ -71,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         with exclusive(args.out, "latency fit"):
             lm = fit(args.profile, model, space, args.out, samples=args.samples, prefill=args.prefill,
                      decode=args.decode, batch=args.batch, seed=args.seed, rounds=args.rounds,
-                     speed_check=not args.skip_speed_check, progress=progress_printer("measuring sub-networks"))
+                     speed_check=not args.skip_speed_check, layer_scores=stored_layer_scores(model),
+                     progress=progress_printer("measuring sub-networks"))
         modes = {t: v["mode"] for t, v in lm.header["targets"].items()}
         info(f"wrote {args.out}: {lm.header['samples']} samples, targets {modes} ({time.perf_counter() - t0:.0f} s)")
         return 0
