@@ -54,7 +54,7 @@ def find_python311() -> str | None:
     return shutil.which("python3.11")
 
 
-def setup_venv(log=print) -> Path:  # noqa: ANN001
+def setup_venv(log=print) -> Path:
     """Create the deepsparse venv in the hwnas cache (about 30 s and 485 MB); idempotent."""
     from hwnas.errors import BackendError
 

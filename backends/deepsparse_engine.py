@@ -73,7 +73,7 @@ def main():
                     engine.run(inputs)
                 samples.append((time.perf_counter() - t0) * 1e3 / steps)
             reply = {"ok": True, "samples_ms": samples, "compile_s": compile_s}
-        except Exception as exc:  # noqa: BLE001 - sent back to the parent
+        except Exception as exc:  # sent back to the parent
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(reply), flush=True)
 

@@ -44,7 +44,7 @@ def compose_enabled(compose: bool | None = None) -> bool:
     return compose if compose is not None else os.environ.get("HWNAS_GRAPH_COMPOSE", "1") != "0"
 
 
-def graph_io(config, kind: str, n_layers: int) -> Any:  # noqa: ANN001
+def graph_io(config, kind: str, n_layers: int) -> Any:
     """The GraphIO of a graph of this kind over a model with this config."""
     from hwnas.shape import ModelShape
 

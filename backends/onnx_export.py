@@ -30,7 +30,7 @@ KV_INPUT = "past_{kind}_{layer}"
 KV_OUTPUT = "present_{kind}_{layer}"
 
 
-def _rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):  # noqa: ANN202
+def _rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     def rot(x: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -42,7 +42,7 @@ def _rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 class AttentionBlock(nn.Module):
     """input norm + q/k/v + RoPE + cache concat + SDPA + o_proj + residual, on one decoder layer."""
 
-    def __init__(self, layer: nn.Module, rotary: nn.Module, config) -> None:  # noqa: ANN001
+    def __init__(self, layer: nn.Module, rotary: nn.Module, config) -> None:
         super().__init__()
         self.norm = layer.input_layernorm
         self.attn = layer.self_attn
@@ -51,7 +51,7 @@ class AttentionBlock(nn.Module):
         self.kv_heads, self.head_dim = kv_heads(config), head_dim(config)
         self.scaling = self.head_dim ** -0.5
 
-    def forward(self, h: torch.Tensor, *past: torch.Tensor):  # noqa: ANN201
+    def forward(self, h: torch.Tensor, *past: torch.Tensor):
         past_k, past_v = past if past else (None, None)
         b, t, _ = h.shape
         x = self.norm(h)
@@ -93,7 +93,7 @@ class MLPBlock(nn.Module):
             self.down = _slice_linear(mlp.down_proj, cols=self.width)
         self.act = mlp.act_fn
 
-    def forward(self, h: torch.Tensor, *unused: torch.Tensor):  # noqa: ANN201
+    def forward(self, h: torch.Tensor, *unused: torch.Tensor):
         x = self.norm(h)
         return (h + self.down(self.act(self.gate(x)) * self.up(x)),)
 
@@ -125,7 +125,7 @@ class HeadBlock(nn.Module):
             self.lm_head = nn.Linear(self.lm_head.in_features, self.lm_head.out_features, bias=False)
             self.lm_head.weight = nn.Parameter(self.embed.weight.detach().clone(), requires_grad=False)
 
-    def forward(self, ids: torch.Tensor, *unused: torch.Tensor):  # noqa: ANN201
+    def forward(self, ids: torch.Tensor, *unused: torch.Tensor):
         h = self.embed(ids)
         return (self.lm_head(self.norm(h[:, -1:])),)
 
@@ -143,7 +143,7 @@ class CausalLMWithPast(nn.Module):
         self.norm = model.model.norm
         self.lm_head = model.lm_head
 
-    def forward(self, ids: torch.Tensor, *past: torch.Tensor):  # noqa: ANN201
+    def forward(self, ids: torch.Tensor, *past: torch.Tensor):
         h = self.embed(ids)
         present: list[torch.Tensor] = []
         for i, (attn, mlp) in enumerate(zip(self.attn, self.mlp)):
@@ -190,7 +190,7 @@ class GraphIO:
         return [torch.randn(*shape, generator=g) for _ in range(2 * self.n_layers_past)]
 
 
-def _dynamic_shapes(io: GraphIO):  # noqa: ANN202
+def _dynamic_shapes(io: GraphIO):
     from torch.export import Dim
 
     batch, seq, past = Dim("batch", min=1, max=64), Dim("seq", min=1, max=32768), Dim("past", min=0, max=32768)
@@ -240,7 +240,7 @@ def export_onnx(module: nn.Module, io: GraphIO, path: str | Path, *, with_past: 
     return path
 
 
-def convert_openvino(module: nn.Module, io: GraphIO, *, stateful: bool = True,  # noqa: ANN201
+def convert_openvino(module: nn.Module, io: GraphIO, *, stateful: bool = True,
                      compose: bool | None = None):
     """An OpenVINO model of the module: a whole model is read from its composed ONNX graph
     (seconds; `compose` as in `export_onnx`), a block by `ov.convert_model` from the module; with a
@@ -268,7 +268,7 @@ def convert_openvino(module: nn.Module, io: GraphIO, *, stateful: bool = True,  
     return finish_openvino(model, io, stateful=stateful)
 
 
-def finish_openvino(model, io: GraphIO, *, stateful: bool = True):  # noqa: ANN001, ANN201
+def finish_openvino(model, io: GraphIO, *, stateful: bool = True):
     """Name the ports, make batch/tokens/past dynamic and (with a cache) make the model stateful."""
     import openvino as ov
 
@@ -289,7 +289,7 @@ def finish_openvino(model, io: GraphIO, *, stateful: bool = True):  # noqa: ANN0
     return model
 
 
-def _init_states_with_batch(model, x_name: str) -> None:  # noqa: ANN001
+def _init_states_with_batch(model, x_name: str) -> None:
     """A fresh state must be [batch, kv, 0, head_dim]: without an initializer OpenVINO makes every
     dynamic dimension 0, batch included, and the first concat fails (optimum-intel does the same)."""
     import numpy as np
@@ -306,7 +306,7 @@ def _init_states_with_batch(model, x_name: str) -> None:  # noqa: ANN001
     model.validate_nodes_and_infer_types()
 
 
-def save_openvino(model, path: str | Path) -> Path:  # noqa: ANN001
+def save_openvino(model, path: str | Path) -> Path:
     """Write an IR keeping fp32 (`ov.save_model` compresses to fp16 unless told not to)."""
     import openvino as ov
 

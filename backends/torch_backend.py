@@ -70,12 +70,12 @@ class TorchBackend(Backend):
 
             torch.cuda.synchronize(self.dev)
 
-    def timer(self):  # noqa: ANN201
+    def timer(self):
         if self.dev.type != "cuda":
             return super().timer()
         import torch
 
-        def run(fn) -> float:  # noqa: ANN001
+        def run(fn) -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()

@@ -199,7 +199,7 @@ def _main() -> int:
                  "extra": res.extra}
     except HwnasUserError as exc:
         reply = {"ok": False, "user_error": True, "error": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - reported to the parent with its traceback
+    except Exception as exc:  # reported to the parent with its traceback
         traceback.print_exc()
         reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     print(REPLY_MARK + json.dumps(reply), flush=True)

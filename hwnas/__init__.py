@@ -26,7 +26,7 @@ def _register() -> None:
 class _RegisterAfterTransformers(importlib.abc.MetaPathFinder):
     """Runs `_register` right after `import transformers` finishes (a post-import hook)."""
 
-    def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201
+    def find_spec(self, name, path, target=None):
         if name != "transformers":
             return None
         sys.meta_path.remove(self)
@@ -36,7 +36,7 @@ class _RegisterAfterTransformers(importlib.abc.MetaPathFinder):
         loader = spec.loader
         run = loader.exec_module
 
-        def exec_module(module):  # noqa: ANN001, ANN202
+        def exec_module(module):
             run(module)
             _register()
 

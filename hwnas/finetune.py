@@ -59,7 +59,7 @@ class FinetuneConfig:
     freeze_embeddings: bool = True  # the tied 49k x 576 embedding is a third of SmolLM2's weights
 
 
-def training_tokens(tokenizer, data: str, data_dir: str | Path | None = None) -> torch.Tensor:  # noqa: ANN001
+def training_tokens(tokenizer, data: str, data_dir: str | Path | None = None) -> torch.Tensor:
     """All training text as one packed token stream (documents separated by EOS)."""
     if data == "alpaca":
         texts = alpaca_texts(find_data_file(ALPACA, data_dir))
@@ -85,7 +85,7 @@ def batch_for_step(stream: torch.Tensor, step: int, cfg: FinetuneConfig) -> torc
 
 
 @contextlib.contextmanager
-def activate(model, subnet: Subnet) -> Iterator[None]:  # noqa: ANN001
+def activate(model, subnet: Subnet) -> Iterator[None]:
     """Run `model` as the sub-network, sharing (and training) its weights, until the block exits."""
     inner = model.model
     layers = inner.layers
@@ -108,7 +108,7 @@ def activate(model, subnet: Subnet) -> Iterator[None]:  # noqa: ANN001
         inner.config.num_hidden_layers = n_saved
 
 
-def _sliced_mlp_forward(mlp, k: int) -> Callable[[torch.Tensor], torch.Tensor]:  # noqa: ANN001
+def _sliced_mlp_forward(mlp, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
     def forward(x: torch.Tensor) -> torch.Tensor:
         g = F.linear(x, mlp.gate_proj.weight[:k], None if mlp.gate_proj.bias is None else mlp.gate_proj.bias[:k])
         u = F.linear(x, mlp.up_proj.weight[:k], None if mlp.up_proj.bias is None else mlp.up_proj.bias[:k])
@@ -242,7 +242,7 @@ def _lr_factor(step: int, cfg: FinetuneConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
 
-def _checkpoint(model, opt, params, cfg: FinetuneConfig, step: int, ckpt: Path) -> None:  # noqa: ANN001
+def _checkpoint(model, opt, params, cfg: FinetuneConfig, step: int, ckpt: Path) -> None:
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -89,7 +89,7 @@ def _gpu() -> dict[str, Any] | None:
 
         driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                 capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
-    except (OSError, IndexError, Exception):  # noqa: BLE001 - the driver version is optional
+    except (OSError, IndexError, Exception):  # the driver version is optional
         pass
     return {"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1), "count": torch.cuda.device_count(),
             "cuda": torch.version.cuda, "driver": driver}

@@ -89,7 +89,7 @@ class ChannelOrder:
             mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, idx])
 
 
-def calibration_ids(tokenizer, calib: Calibration, data_dir: str | Path | None = None) -> torch.Tensor:  # noqa: ANN001
+def calibration_ids(tokenizer, calib: Calibration, data_dir: str | Path | None = None) -> torch.Tensor:
     """(num_sequences, seq_len) token ids drawn with a fixed seed from the calibration source."""
     if calib.source in CALIBRATION_SOURCES:
         path = find_data_file(CALIBRATION_SOURCES[calib.source], data_dir)
@@ -113,7 +113,7 @@ def calibration_ids(tokenizer, calib: Calibration, data_dir: str | Path | None =
     return torch.stack([ids[i * calib.seq_len : (i + 1) * calib.seq_len] for i in picks.tolist()])
 
 
-def score_model(model, ids: torch.Tensor, method: str = "contrib", batch_size: int = 8,  # noqa: ANN001
+def score_model(model, ids: torch.Tensor, method: str = "contrib", batch_size: int = 8,
                 progress: Callable[[int, int], None] | None = None) -> tuple[list[torch.Tensor], list[float]]:
     """Per-layer channel scores and per-layer block influence on the calibration batch."""
     if method not in METHODS:
@@ -128,8 +128,8 @@ def score_model(model, ids: torch.Tensor, method: str = "contrib", batch_size: i
     acts: dict[int, torch.Tensor] = {}
     hooks = []
 
-    def mlp_hook(i: int):  # noqa: ANN202
-        def hook(_mod, inputs):  # noqa: ANN001, ANN202
+    def mlp_hook(i: int):
+        def hook(_mod, inputs):
             h = inputs[0]
             if method == "taylor":
                 h.retain_grad()
@@ -139,8 +139,8 @@ def score_model(model, ids: torch.Tensor, method: str = "contrib", batch_size: i
             sq_sum[i] += flat.pow(2).sum(0)
         return hook
 
-    def layer_hook(i: int):  # noqa: ANN202
-        def hook(_mod, args, kwargs, output):  # noqa: ANN001, ANN202
+    def layer_hook(i: int):
+        def hook(_mod, args, kwargs, output):
             x_in = (args[0] if args else kwargs["hidden_states"]).detach()
             x_out = (output[0] if isinstance(output, tuple) else output).detach()
             infl_sum[i] += (1 - F.cosine_similarity(x_in.float(), x_out.float(), dim=-1)).sum().item()

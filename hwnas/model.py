@@ -70,7 +70,7 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def config(self):  # noqa: ANN201 - a transformers config
+    def config(self):  # a transformers config
         return self.model.config
 
     @property
@@ -87,7 +87,7 @@ def cache_root() -> Path:
     return Path(base) / "hwnas"
 
 
-def _check_family(config) -> Family:  # noqa: ANN001
+def _check_family(config) -> Family:
     fam = family_of(config)
     if fam is None:
         archs = ", ".join(str(a) for a in (getattr(config, "architectures", None) or [config.model_type]))
@@ -99,7 +99,7 @@ def _check_family(config) -> Family:  # noqa: ANN001
     return fam
 
 
-def _check_shape(config) -> None:  # noqa: ANN001
+def _check_shape(config) -> None:
     """The sizes hwnas reads from a config are positive integers (a hand-edited config.json with
     num_hidden_layers: 0 would otherwise load as an empty model)."""
     def positive(x: object) -> bool:
@@ -237,7 +237,7 @@ def load_model(
             model, tokenizer, digest = _load_gguf(path, dtype, use_cache)
         except ModelLoadError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a user's binary file, parsed by a third-party reader
+        except Exception as exc:  # a user's binary file, parsed by a third-party reader
             raise ModelLoadError(f"cannot load the GGUF file {path} ({_first_line(exc)}); is it a complete "
                                  "LLaMA-family GGUF?") from exc
         source = str(path)
@@ -291,7 +291,7 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> tuple[PreTrainedModel, object
     return model, tokenizer, f"hub:{repo_id}@{revision}"
 
 
-def load_config(spec: str = DEFAULT_MODEL):  # noqa: ANN201 - a transformers config
+def load_config(spec: str = DEFAULT_MODEL):  # a transformers config
     """The model's config without its weights (cheap: validates inputs before a load)."""
     from . import modeling
 
@@ -313,7 +313,7 @@ def load_config(spec: str = DEFAULT_MODEL):  # noqa: ANN201 - a transformers con
                     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
                 except ModelLoadError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - a user's binary file, parsed by a third-party reader
+                except Exception as exc:  # a user's binary file, parsed by a third-party reader
                     raise ModelLoadError(f"cannot read the GGUF file {gguf} ({_first_line(exc)}); is it a "
                                          "complete LLaMA-family GGUF?") from exc
         elif path.is_dir():
@@ -351,7 +351,7 @@ def _cached_folder_for(gguf: Path) -> Path | None:
     return None
 
 
-def config_mlp_widths(config) -> list[int]:  # noqa: ANN001
+def config_mlp_widths(config) -> list[int]:
     """Per-layer MLP widths a config declares."""
     per_layer = getattr(config, "intermediate_size_per_layer", None)
     return list(per_layer) if per_layer else [config.intermediate_size] * config.num_hidden_layers

@@ -196,7 +196,7 @@ class ParamCounter:
         self.vocab = config.vocab_size * config.hidden_size  # one vocabulary matrix
         self.vocab_matrices = 1 if getattr(config, "tie_word_embeddings", False) else 2  # in `const`
 
-    def params(self, keep, widths):  # noqa: ANN001, ANN201 - numpy (pop, layers) arrays
+    def params(self, keep, widths):  # numpy (pop, layers) arrays
         """Parameters per row of a keep mask and per-layer widths (widths of dropped layers ignored)."""
         import numpy as np
 
@@ -205,7 +205,7 @@ class ParamCounter:
     def of_widths(self, mlp_widths: list[int] | tuple[int, ...]) -> int:
         return int(self.const + len(mlp_widths) * self.per_layer + sum(mlp_widths) * self.per_channel)
 
-    def weight_bytes(self, keep, widths, bits=None):  # noqa: ANN001, ANN201 - numpy arrays
+    def weight_bytes(self, keep, widths, bits=None):  # numpy arrays
         """Bytes of weights per row. `bits`: None (every weight at `bytes_per_param`) or bits per
         weight as arrays (attention (pop, layers), MLP (pop, layers), embedding (pop,), head (pop,));
         with bits, norms stay fp32 and a tied head is counted once while both vocabulary matrices

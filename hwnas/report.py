@@ -177,7 +177,7 @@ def _safe_eval(expr: str, base: float | None) -> float:
     if not re.fullmatch(r"[\d.\s+\-*/()eE]*", expr.replace("base", "")) or "**" in expr or len(expr) > 200:
         raise HwnasUserError(f"cannot read the bound '{expr}': use numbers, + - * / and 'base'")
     try:
-        value = float(eval(expr, {"__builtins__": {}}, {"base": base}))  # noqa: S307 - checked above
+        value = float(eval(expr, {"__builtins__": {}}, {"base": base}))  # checked above
     except (SyntaxError, TypeError, ValueError, ZeroDivisionError, OverflowError, MemoryError, RecursionError):
         raise HwnasUserError(f"cannot read the bound '{expr}': use numbers, + - * / and 'base'") from None
     if not np.isfinite(value):

@@ -177,7 +177,7 @@ def _compression(data: dict[str, Any], depth: int, source: str, space: SearchSpa
 
 
 
-def _check_space(layers: list[int], widths: list[int], space: SearchSpace, fail) -> None:  # noqa: ANN001
+def _check_space(layers: list[int], widths: list[int], space: SearchSpace, fail) -> None:
     if space.num_layers and max(layers) >= space.num_layers:
         raise fail(f"layer {max(layers)} is outside the space's {space.num_layers} layers")
     allowed = set(space.mlp_widths)

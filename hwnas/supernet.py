@@ -62,7 +62,7 @@ class Supernet:
     def full_subnet(self) -> Subnet:
         return Subnet(tuple(range(self.num_layers)), tuple(self.base_widths))
 
-    def subnet_config(self, subnet: Subnet):  # noqa: ANN201 - a transformers config
+    def subnet_config(self, subnet: Subnet):  # a transformers config
         """The config of the smaller model: plain family class when widths are uniform."""
         base_cfg = self.model.config
         data = base_cfg.to_dict()

@@ -46,7 +46,7 @@ def main() -> int:
     results: dict[tuple[str, str], object] = {}
     t_all = time.perf_counter()
 
-    def run(backend: str, name: str):  # noqa: ANN202
+    def run(backend: str, name: str):
         t0 = time.perf_counter()
         r = bench_subnet(args.model, SUBNETS[name], backend, prefill=args.prefill, decode=args.decode,
                          threads=args.threads)
@@ -60,7 +60,7 @@ def main() -> int:
         try:
             for name in SUBNETS:
                 results[(backend, name)] = run(backend, name)
-        except Exception as exc:  # noqa: BLE001 - report and go on with the other backends
+        except Exception as exc:  # report and go on with the other backends
             print(f"  {backend}: FAILED: {str(exc).splitlines()[-1][:300]}", flush=True)
             failed.append(backend)
     backends = [b for b in backends if b not in failed]

@@ -30,7 +30,7 @@ SUBNET = {"layers": [i for i in range(30) if i not in (20, 21)], "mlp_widths": [
 SEARCH_TASKS = ("arc_easy", "arc_challenge", "winogrande", "truthfulqa_mc1")
 
 
-def timed(fn, repeats: int) -> tuple[float, float, list[float]]:  # noqa: ANN001
+def timed(fn, repeats: int) -> tuple[float, float, list[float]]:
     """Median wall seconds, median CPU seconds of this process, and every wall time. On a shared
     core the CPU time is what the run would take alone (one thread)."""
     runs, cpu = [], []

@@ -45,7 +45,7 @@ def config(args: argparse.Namespace, algorithm: str, seed: int, budget: int) -> 
                      algorithm=algorithm, seed=seed)
 
 
-def make_search(args, algorithm, seed, budget, sn, evaluator, cache, name):  # noqa: ANN001, ANN201
+def make_search(args, algorithm, seed, budget, sn, evaluator, cache, name):
     from hwnas.outdir import remove_own
 
     run_dir = WORK / name
@@ -54,7 +54,7 @@ def make_search(args, algorithm, seed, budget, sn, evaluator, cache, name):  # n
                   metrics_cache=cache)
 
 
-def cmd_inner(args: argparse.Namespace, sn, evaluator) -> None:  # noqa: ANN001
+def cmd_inner(args: argparse.Namespace, sn, evaluator) -> None:
     from pymoo.optimize import minimize
 
     from hwnas.search import PredictedProblem, nsga2
@@ -92,7 +92,7 @@ def front_hv(search: Search, ideal: np.ndarray, nadir: np.ndarray, recs: list[di
     return hypervolume(objectives(search, search.store.records if recs is None else recs), ideal, nadir)
 
 
-def cmd_compare(args: argparse.Namespace, sn, evaluator) -> None:  # noqa: ANN001
+def cmd_compare(args: argparse.Namespace, sn, evaluator) -> None:
     cache: dict = {}
     cache_file = WORK / "metrics_cache.json"
     if cache_file.is_file():

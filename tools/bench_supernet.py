@@ -45,7 +45,7 @@ def table_subnets(layer_scores: list[float] | None) -> dict[str, dict]:
     }
 
 
-def evaluate_all(sn, evaluator: Evaluator, label: str, rows: list) -> None:  # noqa: ANN001
+def evaluate_all(sn, evaluator: Evaluator, label: str, rows: list) -> None:
     for name, spec in {"full model": None, **table_subnets(sn.order.layer_scores if sn.order else None)}.items():
         if name == "full model" and label.startswith("ordered (") :
             continue  # importance order does not change the full model (same function as the base)

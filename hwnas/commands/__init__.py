@@ -71,7 +71,7 @@ def emit_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
-def resolve_space(args: argparse.Namespace, config=None):  # noqa: ANN001, ANN201
+def resolve_space(args: argparse.Namespace, config=None):
     """The space of --space (checked against the model's shape) or the model's default space."""
     from ..model import config_mlp_widths
     from ..space import SearchSpace
@@ -85,7 +85,7 @@ def resolve_space(args: argparse.Namespace, config=None):  # noqa: ANN001, ANN20
     return SearchSpace.for_model(getattr(args, "model", None) or "model", **shape)
 
 
-def progress_printer(label: str):  # noqa: ANN201
+def progress_printer(label: str):
     """A (done, total) callback that redraws one stderr line."""
 
     def show(done: int, total: int) -> None:
@@ -102,7 +102,7 @@ def add_order_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="data folder (default: $HWNAS_DATA or ../shared/data)")
 
 
-def open_supernet_from_args(args: argparse.Namespace):  # noqa: ANN201 - hwnas.supernet.Supernet
+def open_supernet_from_args(args: argparse.Namespace):  # hwnas.supernet.Supernet
     """Load --model as a super-network with --channel-order applied, reporting what it costs."""
     import time
 

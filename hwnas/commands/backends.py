@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
             ok, why = cls.available()
             versions = cls.versions() if ok else {}
             formats = ["fp32", *sorted(cls.WEIGHT_FORMATS)]
-        except Exception as exc:  # noqa: BLE001 - a broken plugin is listed, not fatal
+        except Exception as exc:  # a broken plugin is listed, not fatal
             ok, why, versions, formats = False, f"failed to load: {type(exc).__name__}: {exc}", {}, []
         rows.append({"name": name, "available": ok, "reason": why, "versions": versions,
                      "weight_formats": formats})

@@ -217,7 +217,7 @@ def _demo(args: argparse.Namespace, out: Path, t_start: float) -> int:
     return 0
 
 
-def _fit_sample(lm_dir: Path, subnet: dict, threads: int):  # noqa: ANN202
+def _fit_sample(lm_dir: Path, subnet: dict, threads: int):
     """The latency fit's own measurement of `subnet` (it always measures the full model), if any:
     same bench path and settings, so the demo does not measure it twice."""
     from types import SimpleNamespace

@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--json", action="store_true")
 
 
-def _space(args: argparse.Namespace, model: str):  # noqa: ANN202
+def _space(args: argparse.Namespace, model: str):
     from ..model import load_config
     from . import resolve_space
 

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         return _search(args, cfg, run_dir)
 
 
-def check_inputs(cfg, source: str) -> None:  # noqa: ANN001 - a RunConfig
+def check_inputs(cfg, source: str) -> None:  # a RunConfig
     """What the run config names (model, space, latency models, text tasks) exists and fits, checked
     cheaply before the run folder is made or the model is loaded."""
     from pathlib import Path
@@ -58,7 +58,7 @@ def check_inputs(cfg, source: str) -> None:  # noqa: ANN001 - a RunConfig
             raise HwnasUserError(f"{source}: task {task}: text file not found")
 
 
-def _search(args: argparse.Namespace, cfg, run_dir) -> int:  # noqa: ANN001
+def _search(args: argparse.Namespace, cfg, run_dir) -> int:
     from ..search import Search
 
     t0 = time.perf_counter()

@@ -119,7 +119,7 @@ class PreparedTask:
 class Evaluator:
     """Build once per tokenizer and task set; `evaluate(model)` then costs only forwards."""
 
-    def __init__(self, tokenizer, tasks: str | Sequence[str] = DEFAULT_TASKS, *,  # noqa: ANN001
+    def __init__(self, tokenizer, tasks: str | Sequence[str] = DEFAULT_TASKS, *,
                  limit: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
                  ppl_windows: int | None = 8, ppl_window: int | None = None, ppl_stride: int | None = None,
                  pack_tokens: int = 384) -> None:
@@ -129,7 +129,7 @@ class Evaluator:
         for spec in parse_tasks(tasks):
             self.tasks[spec.name] = self._prepare(spec, tokenizer, data_dir, pack_tokens)
 
-    def _prepare(self, spec: TaskSpec, tokenizer, data_dir, pack_tokens: int) -> PreparedTask:  # noqa: ANN001
+    def _prepare(self, spec: TaskSpec, tokenizer, data_dir, pack_tokens: int) -> PreparedTask:
         if spec.kind == "perplexity":
             path = Path(spec.file)
             if not path.is_absolute():
@@ -149,7 +149,7 @@ class Evaluator:
             at += len(d.contexts)
         return PreparedTask(spec, docs, Scorer(items, pack_tokens=pack_tokens))
 
-    def evaluate(self, model, tasks: Sequence[str] | None = None) -> EvalResult:  # noqa: ANN001
+    def evaluate(self, model, tasks: Sequence[str] | None = None) -> EvalResult:
         """Score `model` (any transformers causal LM in memory: a base model or a materialized
         sub-network) on every prepared task, or on the prepared `tasks` named."""
         names = list(self.tasks) if tasks is None else list(tasks)
@@ -165,7 +165,7 @@ class Evaluator:
             model.train(was_training)
         return EvalResult(results, time.perf_counter() - t0, self.limit, self.seed)
 
-    def _run(self, task: PreparedTask, model) -> TaskResult:  # noqa: ANN001
+    def _run(self, task: PreparedTask, model) -> TaskResult:
         spec = task.spec
         t0 = time.perf_counter()
         if spec.kind == "perplexity":

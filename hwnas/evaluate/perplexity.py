@@ -35,12 +35,12 @@ def load_text(path: str | Path | None = None, data_dir: str | Path | None = None
     return path.read_text(encoding="utf-8")
 
 
-def tokenize_text(tokenizer, text: str) -> torch.Tensor:  # noqa: ANN001
+def tokenize_text(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
 @torch.no_grad()
-def perplexity(model, ids: torch.Tensor, *, window: int = 1024, stride: int | None = None,  # noqa: ANN001
+def perplexity(model, ids: torch.Tensor, *, window: int = 1024, stride: int | None = None,
                max_windows: int | None = 8, batch_size: int = 1) -> PerplexityResult:
     """Sliding-window perplexity. With stride == window (default) windows do not overlap; with a
     smaller stride each window scores only its last `stride` tokens, conditioned on the rest."""

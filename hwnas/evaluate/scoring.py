@@ -38,7 +38,7 @@ class LogLikelihood:
     tokens: int
 
 
-def encode_requests(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[TokRequest]:  # noqa: ANN001
+def encode_requests(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[TokRequest]:
     """lm-eval's `_encode_pair`: trailing spaces of the context move to the continuation; the
     context and context+continuation are encoded and the continuation is the tail of the latter
     past len(context tokens). An empty context becomes the BOS (else EOS) token."""
@@ -132,7 +132,7 @@ class Scorer:
         return packs
 
     @torch.no_grad()
-    def run(self, model) -> list[list[LogLikelihood]]:  # noqa: ANN001 - any transformers causal LM
+    def run(self, model) -> list[list[LogLikelihood]]:  # any transformers causal LM
         """Log-likelihood of every request of every item, in input order."""
         from transformers import DynamicCache
 
@@ -175,7 +175,7 @@ class Scorer:
 
 
 @torch.no_grad()
-def naive_loglikelihoods(model, requests: Sequence[TokRequest]) -> list[LogLikelihood]:  # noqa: ANN001
+def naive_loglikelihoods(model, requests: Sequence[TokRequest]) -> list[LogLikelihood]:
     """The reference: one full forward (full LM head) per request, as a plain loop would do it."""
     out = []
     for r in requests:
