@@ -269,6 +269,9 @@ class Backend:
     # quantization library produces): what a space's compression genes may propose for it. A
     # backend that lists any applies the graph module's `weights` plan in `convert` / `prepare`.
     WEIGHT_FORMATS: ClassVar[dict[str, Any]] = {}
+    # graph kinds it can time (`graphs.KINDS`); one with whole networks only ("model",) is profiled by
+    # network differences (`hwnas.profile`)
+    KINDS: ClassVar[tuple[str, ...]] = ("model", "attention", "mlp", "head")
     # what `hwnas backends --setup NAME` makes for this runtime, in words ("": it needs no setup step),
     # e.g. a private venv for a runtime whose pins clash with hwnas's; `setup` makes it
     SETUP: ClassVar[str] = ""

@@ -2,27 +2,83 @@
 llama.cpp's own KV cache.
 
 `convert` writes the graph's network as `model.gguf` (`hwnas.gguf_writer`: its own llama.cpp
-architecture, or `deci` for per-layer MLP widths) in F32; quantized GGUF types are export
-formats (`hwnas export --format gguf-q8_0`), measured from the artifact's own file. The shared timing loop drives
+architecture, or `deci` for per-layer MLP widths) in F32, or, for a compressed sub-network, each
+block in its own GGUF tensor type quantized by ggml (`WEIGHT_FORMATS`: f16, q8_0, q5_0, q4_0 —
+the types whose blocks of 32 fit any hidden size; the K-quants' blocks of 256 do not fit
+SmolLM2's 576). Whole-file recipes (`hwnas export --format gguf-q4_k_m`) are export formats. The shared timing loop drives
 it like any runtime: `load_past` puts a cache of C tokens in place by truncating llama.cpp's cache
 (it holds real keys and values of a fixed filler text, computed once, untimed), `step` decodes a
-batch of tokens at the next positions. It measures whole networks only (no operator blocks yet).
+batch of tokens at the next positions. It measures whole networks only (no operator blocks): `hwnas profile` derives its lookup-table rows
+from networks of two depths and every MLP width (`hwnas.profile`, "network differences").
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hwnas.compression import Scheme
+
 from .base import Backend, BackendConfig, dist_versions
 
 FILE = "model.gguf"
+_LOAD_LOCK = threading.Lock()
+
+_DOT = "ggml-q8_0"  # ggml's CPU matrix products quantize activations to Q8_0 for these weight types
+WEIGHT_FORMATS = {
+    "f16": Scheme("f16", bits=16, activations="fp16", ggml="f16",
+                  description="GGUF F16 (activations rounded to half for the product)"),
+    "q8_0": Scheme("q8_0", bits=8, group_size=32, activations=_DOT, ggml="q8_0",
+                   description="GGUF Q8_0: 8-bit, one fp16 scale per 32 weights (ggml's quantizer)"),
+    "q5_0": Scheme("q5_0", bits=5, group_size=32, activations=_DOT, ggml="q5_0",
+                   description="GGUF Q5_0: 5-bit, one fp16 scale per 32 weights (ggml's quantizer)"),
+    "q4_0": Scheme("q4_0", bits=4, group_size=32, activations=_DOT, ggml="q4_0",
+                   description="GGUF Q4_0: 4-bit, one fp16 scale per 32 weights (ggml's quantizer)"),
+}
 
 @dataclass
 class LlamaCppConfig(BackendConfig):
     n_ctx: int = 0  # context size (0: what the timed shapes need, at least 512)
     n_batch: int = 512
+    # ggml's extra CPU buffer types (AMX tiles, repacked Q4_0/Q8_0 layouts): "on", "off", or "auto" =
+    # off on CPUs with AMX, where ggml's AMX matrix product segfaults (llama.cpp issue #20824; measured
+    # here on a Xeon VM with llama-cpp-python 0.3.36: Q8_0 and Q4_0 crash on the first decode)
+    extra_buffers: str = "auto"
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def open_llama(path: str | Path, *, extra_buffers: str = "auto", **kwargs: Any) -> Any:
+    """`llama_cpp.Llama(path, **kwargs)` with ggml's extra buffer types on or off (see
+    `LlamaCppConfig.extra_buffers`); llama-cpp-python has no argument for it, so its default model
+    parameters are adjusted for the duration of the load."""
+    import llama_cpp
+    import llama_cpp.llama as module
+
+    use = {"on": True, "off": False}.get(extra_buffers, not _cpu_has_amx())
+    if use:
+        return llama_cpp.Llama(str(path), **kwargs)
+    with _LOAD_LOCK:  # the adjusted default is visible to other threads while it is in place
+        default = module.llama_cpp.llama_model_default_params
+
+        def params() -> Any:
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        module.llama_cpp.llama_model_default_params = params
+        try:
+            return llama_cpp.Llama(str(path), **kwargs)
+        finally:
+            module.llama_cpp.llama_model_default_params = default
+
 
 
 class LlamaCppBackend(Backend):
@@ -30,6 +86,7 @@ class LlamaCppBackend(Backend):
     CONFIG = LlamaCppConfig
     CONVERTS = True
     KINDS = ("model",)
+    WEIGHT_FORMATS = WEIGHT_FORMATS
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -44,11 +101,6 @@ class LlamaCppBackend(Backend):
     @classmethod
     def versions(cls) -> dict[str, str]:
         return dist_versions("llama_cpp_python", "gguf", "torch")
-
-    def device(self) -> str:
-        from hwnas.fingerprint import _cpu_model
-
-        return f"cpu:{_cpu_model()}"
 
     @classmethod
     def has_artifacts(cls, workdir: Path, config: Any) -> bool:
@@ -67,17 +119,19 @@ class LlamaCppBackend(Backend):
 
             raise BackendError("the llamacpp backend measures whole networks only (no operator blocks); "
                                "use `hwnas bench` / `hwnas baselines` with it, and profile with another backend")
-        if getattr(module, "weights", None) is not None:
-            from hwnas.errors import BackendError
+        weights = getattr(module, "weights", None)
+        if isinstance(weights, str):  # one format for every block
+            from hwnas.compression import Compression
 
-            raise BackendError("llamacpp measures fp32 networks here; GGUF types are export formats "
-                               "(hwnas export --format gguf-q8_0 ...), measured from the artifact")
+            weights = Compression.uniform(weights, len(model.model.layers))
         vocab = gguf_writer.vocab_fields(getattr(module, "source", None), getattr(module, "tokenizer", None),
                                          model.config.vocab_size)
-        gguf_writer.write_gguf(model, path, vocab)
+        tmp = path.with_name(".tmp-" + FILE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        gguf_writer.write_gguf(model, tmp, vocab, compression=weights)
+        tmp.replace(path)
 
     def prepare(self, module: Any, io: Any, workdir: Path) -> None:
-        import llama_cpp
         import numpy as np
 
         from hwnas.errors import BackendError
@@ -86,9 +140,11 @@ class LlamaCppBackend(Backend):
             self.convert(module, io, workdir, self.config)
         self.io = io
         self._n_ctx = self.config.n_ctx or 2048
-        self.llm = llama_cpp.Llama(str(Path(workdir) / FILE), n_ctx=self._n_ctx, n_batch=self.config.n_batch,
-                                   n_ubatch=self.config.n_batch, n_threads=self.config.threads,
-                                   n_threads_batch=self.config.threads, logits_all=False, verbose=False)
+        if self.config.extra_buffers not in ("auto", "on", "off"):
+            raise BackendError(f"option extra_buffers={self.config.extra_buffers!r} must be auto, on or off")
+        self.llm = open_llama(Path(workdir) / FILE, extra_buffers=self.config.extra_buffers, n_ctx=self._n_ctx,
+                              n_batch=self.config.n_batch, n_ubatch=self.config.n_batch, n_threads=self.config.threads,
+                              n_threads_batch=self.config.threads, logits_all=False, verbose=False)
         self._vocab = self.llm.n_vocab()
         self._filler = np.random.default_rng(0).integers(0, self._vocab, self._n_ctx).tolist()
         self._filled = 0  # tokens of the filler whose keys and values are in the cache

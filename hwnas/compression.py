@@ -29,10 +29,17 @@ PLAIN = "fp32"  # uncompressed: the model's own weights
 BLOCKS = ("attn", "mlp")  # per kept layer
 
 
-def bits_of(fmt: str) -> int | None:
-    """Bits per weight a format name says (fp32, fp16, bf16, intN); None for anything else."""
+# GGUF tensor types (llama.cpp): bits per weight with their block scales (Q8_0: 34 bytes per 32 weights)
+GGUF_BITS = {"f32": 32.0, "f16": 16.0, "q8_0": 8.5, "q5_0": 5.5, "q4_0": 4.5}
+
+
+def bits_of(fmt: str) -> float | None:
+    """Bits per weight a format name says (fp32, fp16, bf16, intN; GGUF types with their scales:
+    q8_0 8.5); None for anything else."""
     if fmt in ("fp32", "fp16", "bf16"):
         return int(fmt[2:])
+    if fmt in GGUF_BITS:
+        return GGUF_BITS[fmt]
     m = re.fullmatch(r"int([1-8])", fmt)
     return int(m.group(1)) if m else None
 
@@ -54,7 +61,12 @@ class Scheme:
     weight quantization; `activations` "dynamic-u8" means inputs of the quantized matrix products
     are quantized per tensor to uint8 (asymmetric, range including 0) at run time, as ONNX
     Runtime's DynamicQuantizeLinear does. `embed` overrides the scheme for the embedding table
-    (ONNX Runtime quantizes a Gather's table per tensor, uint8 asymmetric)."""
+    (ONNX Runtime quantizes a Gather's table per tensor, uint8 asymmetric).
+
+    `ggml` names a GGUF tensor type (llama.cpp): the weights are then stored by ggml's own
+    quantizer (`hwnas.gguf_writer.roundtrip`, value for value what llama.cpp reads), and
+    `activations` "ggml-q8_0" quantizes inputs in blocks of 32 (one fp16 scale each) as ggml's CPU
+    matrix products do for Q8_0/Q5_0/Q4_0 weights, "fp16" rounds them to half as for F16 weights."""
 
     name: str
     bits: int = 8
@@ -63,18 +75,23 @@ class Scheme:
     activations: str | None = None
     embed: Scheme | None = None
     description: str = ""
+    ggml: str | None = None
 
     @property
     def compressed(self) -> bool:
         return self.bits < 32
 
-    def fake_weight(self, w: Any) -> Any:  # noqa: ANN401 - torch.Tensor [out, in]
+    def fake_weight(self, w: Any) -> Any:  # torch.Tensor [out, in]
         """Quantize and dequantize a [out, in] weight the way the runtime's library stores it."""
         import torch
 
         if not self.compressed:
             return w
         w = w.detach().float()
+        if self.ggml:
+            from .gguf_writer import roundtrip
+
+            return torch.from_numpy(roundtrip(w.cpu().numpy(), self.ggml)).to(w.device)
         if self.group_size == 0:
             axis_view = w.reshape(1, -1)
         elif self.group_size:
@@ -102,13 +119,17 @@ class Scheme:
             deq = (q - zp) * scale
         return deq.reshape(w.shape)
 
-    def fake_activation(self, x: Any) -> Any:  # noqa: ANN401
+    def fake_activation(self, x: Any) -> Any:
         """DynamicQuantizeLinear as a decoding runtime sees it: each token's vector alone (one
         token per step through the KV cache, which is how generation runs and how hwnas scores an
         artifact), uint8, scale = (max(x, 0) - min(x, 0)) / 255. A prefill of many tokens shares
         one scale across them in the runtime, which is coarser (see docs/results.md)."""
         import torch
 
+        if self.activations == "fp16":
+            return x.half().to(x.dtype)
+        if self.activations == "ggml-q8_0":
+            return _ggml_q8_0(x)
         if self.activations != "dynamic-u8":
             return x
         flat = x.reshape(-1, x.shape[-1])
@@ -119,6 +140,21 @@ class Scheme:
         zp = torch.round(-lo / scale).clamp(0, 255)
         q = (torch.round(flat / scale) + zp).clamp(0, 255)
         return ((q - zp) * scale).reshape(x.shape).to(x.dtype)
+
+
+def _ggml_q8_0(x: Any) -> Any:
+    """ggml's quantize_row_q8_0 and back: blocks of 32 along the last axis, d = max|x| / 127
+    stored as fp16, q = round(x / d)."""
+    import torch
+
+    n = x.shape[-1]
+    if n % 32:
+        return x
+    blocks = x.float().reshape(*x.shape[:-1], n // 32, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    q = torch.round(blocks * inv)
+    return (q * d.half().float()).reshape(x.shape).to(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -225,7 +261,7 @@ def block_of(name: str) -> tuple[str, int | None] | None:
     return None
 
 
-def weight_plan(weights: Compression | str | None):  # noqa: ANN201 - Callable[[str], str]
+def weight_plan(weights: Compression | str | None):  # -> Callable[[str], str]
     """Initializer name -> the format it is stored in: per block for a Compression (fp32 for what
     is in no block: norms, constants), one format for every weight for a name (an operator block,
     or a uniformly compressed network), fp32 for None."""
@@ -246,7 +282,7 @@ _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
 
 
-def simulate(model: Any, compression: Compression | None, schemes: Mapping[str, Scheme]) -> Any:  # noqa: ANN401
+def simulate(model: Any, compression: Compression | None, schemes: Mapping[str, Scheme]) -> Any:
     """Make `model` (a materialized transformers sub-network) compute as the runtime would with
     these per-block formats: its weights replaced by quantized-dequantized copies (new tensors, so
     weights shared with the super-network are untouched) and, for schemes that quantize

@@ -70,7 +70,7 @@ def register_format(name: str, backend: str, description: str, precision: str, r
                     check: Callable[[ExportContext], None] | None = None,
                     backend_config: dict[str, Any] | None = None, runner: str | None = None,
                     weights: str | None = None, per_block: bool = False,
-                    runner_folder: Callable[[Path], Path] | None = None):  # noqa: ANN201
+                    runner_folder: Callable[[Path], Path] | None = None):
     def deco(fn: Callable[[ExportContext], None]) -> Callable[[ExportContext], None]:
         FORMATS[name] = Format(name, backend, description, precision, fn, requires, check, backend_config or {},
                                runner, weights, per_block, runner_folder)
@@ -78,7 +78,7 @@ def register_format(name: str, backend: str, description: str, precision: str, r
     return deco
 
 
-def _graph(model, weights: Any = None) -> tuple[Any, Any]:  # noqa: ANN001
+def _graph(model, weights: Any = None) -> tuple[Any, Any]:
     from hwnas_backends.graphs import build_module
 
     return build_module(model, "model", weights=weights)
@@ -169,7 +169,7 @@ def _write_gguf(ctx: ExportContext, ftype: str) -> None:
     vocab = gguf_writer.vocab_fields(ctx.source, ctx.tokenizer, ctx.model.config.vocab_size)
     path = ctx.out / gguf_writer.FILE
     if ftype in ("f32", "f16"):
-        ctx.options["gguf"] = gguf_writer.write_gguf(ctx.model, path, vocab, dtype=ftype)
+        ctx.options["gguf"] = gguf_writer.write_gguf(ctx.model, path, vocab, dtype=ftype, compression=ctx.compression)
         return
     tmp = ctx.out / ".f32.gguf"
     ctx.options["gguf"] = {**gguf_writer.write_gguf(ctx.model, tmp, vocab), "dtype": ftype}
@@ -194,6 +194,10 @@ for _name, _ftype, _desc, _prec in (
     register_format(_name, "llamacpp", _desc + "; per-layer MLP widths as llama.cpp's `deci` architecture",
                     _prec, requires=("llama_cpp", "gguf"), check=_check_gguf)(
         lambda ctx, _t=_ftype: _write_gguf(ctx, _t))
+register_format("gguf", "llamacpp", "GGUF for llama.cpp: F32, or a compressed sub-network's per-block tensor types "
+                "(f16, q8_0, q5_0, q4_0) quantized by ggml, as the joint search on llamacpp searched them; per-layer "
+                "MLP widths as llama.cpp's `deci` architecture", "fp32", requires=("llama_cpp", "gguf"),
+                check=_check_gguf, per_block=True)(lambda ctx: _write_gguf(ctx, "f32"))
 
 
 def _check_cuda(ctx: ExportContext) -> None:
@@ -241,7 +245,7 @@ _register_plugin_formats()
 # --- running an artifact ----------------------------------------------------------------------
 
 
-def open_runtime(art: Path, manifest: dict[str, Any], threads: int = 1):  # noqa: ANN201
+def open_runtime(art: Path, manifest: dict[str, Any], threads: int = 1):
     """The artifact's runtime plugin, prepared from its files (ready for `step`)."""
     from hwnas_backends.base import backend_class
     from hwnas_backends.graphs import build_module, graph_io
@@ -267,14 +271,14 @@ def open_runtime(art: Path, manifest: dict[str, Any], threads: int = 1):  # noqa
     return be, io
 
 
-def _last_logits(be, vocab: int) -> np.ndarray:  # noqa: ANN001
+def _last_logits(be, vocab: int) -> np.ndarray:
     out = be.outputs()
     if hasattr(out, "detach"):
         out = out.detach().float().cpu().numpy()
     return np.asarray(out).reshape(-1)[-vocab:]
 
 
-def stream_logits(be, io, ids: np.ndarray, prompt: int = 1) -> np.ndarray:  # noqa: ANN001
+def stream_logits(be, io, ids: np.ndarray, prompt: int = 1) -> np.ndarray:
     """Logits at positions prompt-1 .. T-2 (predicting tokens prompt .. T-1): a prefill of `prompt`
     tokens, then one token per step through the runtime's KV cache."""
     be.load_past(io.make_past(1, 0))
@@ -303,7 +307,7 @@ def compare(ref: np.ndarray, got: np.ndarray, targets: np.ndarray) -> dict[str, 
             "ppl_change": float(math.exp(nll_got - nll_ref) - 1.0), "positions": int(len(targets))}
 
 
-def heldout_tokens(tokenizer, n: int = 96, data_dir: str | Path | None = None) -> np.ndarray:  # noqa: ANN001
+def heldout_tokens(tokenizer, n: int = 96, data_dir: str | Path | None = None) -> np.ndarray:
     """Held-out text for verification: WikiText-2 test (its second half; the search uses the start),
     or a fixed sentence when no data folder is available."""
     from .errors import DataNotFoundError
@@ -334,7 +338,7 @@ def is_unmarked_artifact(folder: Path) -> bool:
     return isinstance(m.get("format"), str) and held <= listed
 
 
-def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path | None = None,  # noqa: ANN001
+def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path | None = None,
            options: dict[str, Any] | None = None, measure: bool = True, threads: int = 1,
            latency_model: str | None = None, prefill: int = 128, decode: int = 32,
            progress: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -60,8 +60,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-_cpu_model = cpu_model  # old name, still imported by backends/llamacpp_backend.py and tools/bench_compression.py
-
 
 def _isa() -> list[str]:
     try:

@@ -13,7 +13,10 @@ LM head omitted (llama.cpp then reads `token_embd` for it), Llama-3 rope scaling
 
 The vocabulary is carried over: every `tokenizer.*` key of a GGUF source verbatim (the embedded
 default), or, for an HF source with a byte-level BPE tokenizer, its tokens, merges, special ids and
-chat template. Quantized types come from llama.cpp's own quantizer (`quantize`).
+chat template. Quantized types come from llama.cpp's own quantizer: whole files through
+`llama_model_quantize` (`quantize`), or tensor by tensor through ggml's `ggml_quantize_chunk`
+(`quantize_rows`) when a compressed sub-network stores each block in its own type (the joint
+search's per-block formats, `Compression`); `roundtrip` gives the values llama.cpp computes with.
 """
 
 from __future__ import annotations
@@ -172,12 +175,96 @@ def _rope_freqs(config: Any, head_dim: int) -> np.ndarray | None:
     return np.asarray(out, dtype=np.float32)
 
 
+# --- ggml's own quantizer, tensor by tensor -------------------------------------------------------
+
+# GGUF tensor types a block may be stored in (the llamacpp backend's weight formats): name -> ggml type
+TENSOR_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q5_0": 6, "q8_0": 8}
+
+
+class _Ggml:
+    """ggml's C functions from the library llama-cpp-python ships (loaded once per process)."""
+
+    _lib: Any = None
+
+    @classmethod
+    def lib(cls) -> Any:
+        if cls._lib is None:
+            import ctypes
+
+            import llama_cpp
+
+            lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+            lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+            lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                                ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+            lib.ggml_row_size.restype = ctypes.c_size_t
+            lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+            lib.ggml_blck_size.restype = ctypes.c_int64
+            lib.ggml_blck_size.argtypes = [ctypes.c_int]
+            cls._lib = lib
+        return cls._lib
+
+
+def _tensor_type(fmt: str) -> int:
+    if fmt not in TENSOR_TYPES:
+        raise GgufError(f"unknown GGUF tensor type {fmt!r}; hwnas stores blocks as {', '.join(TENSOR_TYPES)}")
+    return TENSOR_TYPES[fmt]
+
+
+def quantize_rows(a: np.ndarray, fmt: str) -> np.ndarray:
+    """A [rows, n] float32 matrix (ggml's layout: blocks run along a row) as the bytes ggml's
+    `ggml_quantize_chunk` writes for `fmt` ([rows, row bytes], uint8); f32/f16 as arrays."""
+    t = _tensor_type(fmt)
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if fmt == "f32":
+        return a
+    if fmt == "f16":
+        return a.astype(np.float16)
+    lib = _Ggml.lib()
+    rows, n = a.reshape(-1, a.shape[-1]).shape
+    block = int(lib.ggml_blck_size(t))
+    if n % block:
+        raise GgufError(f"a row of {n} values cannot be stored as {fmt} (blocks of {block})")
+    out = np.empty((rows, int(lib.ggml_row_size(t, n))), dtype=np.uint8)
+    lib.ggml_quantize_chunk(t, a.ctypes.data, out.ctypes.data, 0, rows, n, None)
+    return out
+
+
+def roundtrip(a: np.ndarray, fmt: str) -> np.ndarray:
+    """The float32 values llama.cpp computes with after storing `a` ([rows, n]) as `fmt`:
+    ggml's quantizer, then gguf-py's dequantizer of that type."""
+    from gguf import GGMLQuantizationType, quants
+
+    q = quantize_rows(a, fmt)
+    if fmt in ("f32", "f16"):
+        return q.astype(np.float32)
+    return quants.dequantize(q, GGMLQuantizationType(TENSOR_TYPES[fmt])).reshape(a.shape).astype(np.float32)
+
+
+def block_formats(compression: Any, n_layer: int) -> dict[str, str]:
+    """GGUF tensor name -> tensor type of a compressed sub-network (`hwnas.compression.Compression`;
+    its fp32 is F32). Names not listed (norms, biases, rope factors) stay F32."""
+    def fmt(f: str) -> str:
+        return "f32" if f == "fp32" else f
+
+    out = {"token_embd.weight": fmt(compression.embed), "output.weight": fmt(compression.head)}
+    for i in range(n_layer):
+        for t in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            out[f"blk.{i}.{t}.weight"] = fmt(compression.attn[i])
+        for t in ("ffn_gate", "ffn_up", "ffn_down"):
+            out[f"blk.{i}.{t}.weight"] = fmt(compression.mlp[i])
+    return out
+
+
 def write_gguf(model: Any, path: str | Path, vocab: list[tuple[str, Any, Any, Any]], *, dtype: str = "f32",
-               name: str = "hwnas sub-network") -> dict[str, Any]:
+               name: str = "hwnas sub-network", compression: Any = None) -> dict[str, Any]:
     """Write the (sub-)network `model` (a transformers model, any MLP width per layer) as one GGUF
-    file with weights in `dtype` (f32 or f16; norms stay F32). Returns what was written."""
+    file with weights in `dtype` (f32 or f16; norms stay F32), or, given a `compression`
+    (`hwnas.compression.Compression`), each block's weights in its own tensor type quantized by
+    ggml (a tied LM head whose format differs from the embedding's is written apart as
+    `output.weight`). Returns what was written."""
     import torch
-    from gguf import GGUFValueType, GGUFWriter, LlamaFileType
+    from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType
 
     if dtype not in ("f32", "f16"):
         raise GgufError(f"write_gguf writes f32 or f16, not {dtype!r} (quantize afterwards)")
@@ -186,8 +273,10 @@ def write_gguf(model: Any, path: str | Path, vocab: list[tuple[str, Any, Any, An
     family = ARCHS[_family_type(cfg)]
     layers = model.model.layers
     n_layer = len(layers)
-    heads, kv = int(cfg.num_attention_heads), int(cfg.num_key_value_heads or cfg.num_attention_heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    from .shape import ModelShape
+
+    shape = ModelShape.of(cfg)
+    heads, kv, head_dim = shape.heads, shape.kv_heads, shape.head_dim
     widths = mlp_widths(model)
     per_layer = arch != family.name
     path = Path(path)
@@ -206,7 +295,15 @@ def write_gguf(model: Any, path: str | Path, vocab: list[tuple[str, Any, Any, An
     w.add_rope_dimension_count(head_dim)
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     w.add_vocab_size(int(cfg.vocab_size))
-    w.add_file_type(LlamaFileType.ALL_F32 if dtype == "f32" else LlamaFileType.MOSTLY_F16)
+    plan = block_formats(compression, n_layer) if compression is not None else {}
+    if plan:
+        from collections import Counter
+
+        common = Counter(plan.values()).most_common(1)[0][0]  # general.file_type is informative only
+        w.add_file_type({"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "q8_0": LlamaFileType.MOSTLY_Q8_0,
+                         "q5_0": LlamaFileType.MOSTLY_Q5_0, "q4_0": LlamaFileType.MOSTLY_Q4_0}[common])
+    else:
+        w.add_file_type(LlamaFileType.ALL_F32 if dtype == "f32" else LlamaFileType.MOSTLY_F16)
     for key, value, vtype, sub in vocab:
         if key == "tokenizer.ggml.model":
             w.add_tokenizer_model(value)
@@ -217,15 +314,19 @@ def write_gguf(model: Any, path: str | Path, vocab: list[tuple[str, Any, Any, An
 
     def put(tensor_name: str, t: torch.Tensor, keep_f32: bool = False) -> None:
         a = t.detach().to(torch.float32).cpu().numpy()
-        if dtype == "f16" and not keep_f32 and a.ndim > 1:
-            a = a.astype(np.float16)
-        w.add_tensor(tensor_name, np.ascontiguousarray(a))
+        fmt = plan.get(tensor_name, "f32") if plan else ("f32" if keep_f32 or a.ndim < 2 else dtype)
+        if fmt in ("f32", "f16"):
+            w.add_tensor(tensor_name, np.ascontiguousarray(a.astype(np.float16) if fmt == "f16" else a))
+        else:
+            w.add_tensor(tensor_name, quantize_rows(a, fmt), raw_dtype=GGMLQuantizationType(TENSOR_TYPES[fmt]))
 
     freqs = _rope_freqs(cfg, head_dim)
     if freqs is not None:
         w.add_tensor("rope_freqs.weight", freqs)
     put("token_embd.weight", model.model.embed_tokens.weight)
     tied = model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    if tied and plan and plan["output.weight"] != plan["token_embd.weight"]:
+        tied = False  # llama.cpp would compute the head with the embedding's type: store it apart
     for i, layer in enumerate(layers):
         a, m = layer.self_attn, layer.mlp
         q, k = a.q_proj.weight.detach().float(), a.k_proj.weight.detach().float()
@@ -255,7 +356,13 @@ def write_gguf(model: Any, path: str | Path, vocab: list[tuple[str, Any, Any, An
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return {"architecture": arch, "layers": n_layer, "mlp_widths": widths, "dtype": dtype, "tied_head": tied}
+    out = {"architecture": arch, "layers": n_layer, "mlp_widths": widths, "dtype": dtype, "tied_head": tied}
+    if plan:
+        from collections import Counter
+
+        out["dtype"] = "per-block"
+        out["tensor_types"] = dict(Counter(v for k, v in plan.items() if k != "output.weight" or not tied))
+    return out
 
 
 def quantize(src: str | Path, dst: str | Path, ftype: str, threads: int = 1) -> None:
@@ -277,7 +384,7 @@ def quantize(src: str | Path, dst: str | Path, ftype: str, threads: int = 1) -> 
 class _quiet_stderr:
     """Send file descriptor 2 to a temporary file for the duration (C libraries write there)."""
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self):
         import os
         import sys
         import tempfile

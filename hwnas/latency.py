@@ -72,7 +72,7 @@ class Shape:
     counter: ParamCounter
 
     @classmethod
-    def of(cls, config) -> Shape:  # noqa: ANN001
+    def of(cls, config) -> Shape:
         s = ModelShape.of(config)
         return cls(s.hidden, s.kv_heads, s.head_dim, s.layers, ParamCounter(config))
 
@@ -212,7 +212,7 @@ def _check_header(header: dict[str, Any], path: Path) -> None:
             raise fail(f"target {t}: file must name a model file inside the folder")
 
 
-def _booster(folder: Path, name: str, target: str) -> Any:  # noqa: ANN401 - lightgbm.Booster
+def _booster(folder: Path, name: str, target: str) -> Any:  # lightgbm.Booster
     path = folder / name
     if not path.is_file():
         raise LatencyModelError(f"latency model {folder}: {name} (target {target}) is missing; fit the model again "
@@ -224,7 +224,7 @@ def _booster(folder: Path, name: str, target: str) -> Any:  # noqa: ANN401 - lig
                                 "again with `hwnas latency fit`") from exc
 
 
-def load_booster(*, model_file: str | None = None, model_str: str | None = None) -> Any:  # noqa: ANN401
+def load_booster(*, model_file: str | None = None, model_str: str | None = None) -> Any:
     """A LightGBM booster from its text format; a malformed one is a ValueError. LightGBM writes
     '[LightGBM] [Fatal] ...' straight to the process's stderr before raising; that line is kept off
     the terminal (the caller's one-line error says it better)."""
@@ -497,7 +497,8 @@ def sample_subnets(space: SearchSpace, n: int, seed: int, exclude: set[str] | No
     smallest is `Subnet.smallest`, its least influential layers by `layer_scores` dropped -- and, in a
     space with weight formats, the largest and smallest with every weight in each compressed
     format: random per-block formats are almost never uniform, and without these the fit
-    extrapolates to the all-compressed networks the search prefers)."""
+    extrapolates to the all-compressed networks the search prefers). The ends are always all
+    there, with at least two random sub-networks beside them, even where that exceeds `n`."""
     rng = random.Random(seed)
     out: list[Subnet] = []
     seen = set(exclude or ())
@@ -507,10 +508,11 @@ def sample_subnets(space: SearchSpace, n: int, seed: int, exclude: set[str] | No
         for fmt in space.weight_formats if space.compressed else ():
             if fmt != "fp32":
                 ends += [e.compressed(Compression.uniform(fmt, e.depth)) for e in ends[:2]]
-        for s in ends[: max(n, 2)]:
+        for s in ends:  # every format's ends, even past n: a format without them is extrapolated
             if s.key() not in seen:
                 seen.add(s.key())
                 out.append(s)
+        n = max(n, len(out) + min(n, 2))  # and a few random ones beside them
     while len(out) < n:
         d = space.sample(rng)
         s = Subnet.from_dict(d)
@@ -520,7 +522,7 @@ def sample_subnets(space: SearchSpace, n: int, seed: int, exclude: set[str] | No
     return out
 
 
-def _fit_booster(x: np.ndarray, y: np.ndarray, seed: int):  # noqa: ANN202
+def _fit_booster(x: np.ndarray, y: np.ndarray, seed: int):
     import lightgbm as lgb
 
     n = len(y)

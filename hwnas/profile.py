@@ -5,6 +5,15 @@ runtime versions, grid, model/space, date, threads) and `lut.csv` (one named-col
 op x width x phase x tokens/context x batch). `run_profile` sweeps the grid one graph per worker
 process and rewrites `lut.csv` atomically after each graph, so a killed run resumes where it
 stopped. `DeviceProfile.load(dir).lookup(...)` is what the latency model builds features from.
+
+A backend that times whole networks only (`Backend.KINDS` without operator blocks: llama.cpp, whose
+unit is a GGUF file) is profiled by *network differences*: in each weight format it times
+networks of the base's first d1 and d2 layers (4 and 16) at full MLP width and of d2 layers at
+every other width (raw timings in `networks.csv`), and derives the same table: a layer costs
+(T(d2) - T(d1)) / (d2 - d1); per-layer cost against MLP width is fitted as a + b·width, whose
+intercept is the attention row (it carries the MLP's width-independent part) and the rest the MLP
+rows; the head row is what d1 layers leave of T(d1) (embedding, final norm, LM head, the
+runtime's per-call overhead). Decode rows of MLP and head average over the timed contexts.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ from .fileio import write_text, write_yaml
 PROFILE_VERSION = 1
 HEADER_FILE = "profile.yaml"
 LUT_FILE = "lut.csv"
+NETWORKS_FILE = "networks.csv"  # raw whole-network timings of a networks-only backend
+NET_KEY_COLUMNS = ("depth", "width", "phase", "tokens", "context", "batch", "format")
 KEY_COLUMNS = ("op", "width", "phase", "tokens", "context", "batch", "format")
 VALUE_COLUMNS = ("median_ms", "p90_ms", "cv", "cv_raw", "repeats", "peak_mem_mb", "flagged", "load", "threads")
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
@@ -135,7 +146,7 @@ class DeviceProfile:
         return sorted({r["format"] for r in self.rows}) or ["fp32"]
 
     def lookup(self, op: str, phase: str, *, width: int | None = None, tokens: int = 1, context: int = 0,
-               batch: int = 1, stat: str = "median_ms", format: str = "fp32") -> float:  # noqa: A002
+               batch: int = 1, stat: str = "median_ms", format: str = "fp32") -> float:
         """Milliseconds of one op: exact grid point, else linear inter-/extrapolation along tokens
         (prefill) or context (decode) between the two nearest grid points. `width` is the MLP
         width (ignored for attention and head); context is ignored where the op does not use it;
@@ -295,6 +306,10 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
     def loaded(row: dict[str, Any]) -> bool:  # timed under load through every retry: measure again
         return bool(row["flagged"]) and float(row["load"]) > max_load
 
+    if "attention" not in cls.KINDS:  # whole networks only: rows from network differences
+        _profile_networks(prof, out, model, cfg_model, grid, backend, config, isolate, loaded, on_progress)
+        return _finish(prof, out, [r for r in _read_networks(out) if loaded(r)], len(network_jobs(grid, cfg_model)),
+                       max_load)
     done = {row_key(r) for r in prof.rows if not loaded(r)}
     total = grid.size()
     t_start = time.perf_counter()
@@ -318,9 +333,12 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
         if on_progress:
             on_progress(len(done), total, f"{op}{'-' + str(width) if width else ''}{'' if fmt == 'fp32' else '-' + fmt}")
     prof.header["complete"] = len(done) >= total
+    return _finish(prof, out, [r for r in prof.rows if loaded(r)], total, max_load)
+
+
+def _finish(prof: DeviceProfile, out: Path, busy: list[dict[str, Any]], total: int, max_load: float) -> DeviceProfile:
     prof.header["flagged_rows"] = sum(1 for r in prof.rows if r["flagged"])
     prof.save(out)
-    busy = [r for r in prof.rows if loaded(r)]
     if busy:
         raise ProfileError(
             f"{len(busy)} of {total} rows were timed while other processes used up to "
@@ -328,3 +346,177 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
             f"{out} is kept incomplete. Run the same command again on a quiet machine: it re-measures only "
             "those rows (--option max_load=N accepts a busier machine)")
     return prof
+
+
+# --- backends that time whole networks only: rows from network differences ------------------------
+
+def network_jobs(grid: OperatorGrid, config: Any) -> list[tuple[int, int, str]]:
+    """(depth, MLP width, format) of every network a networks-only profile times."""
+    d1, d2 = network_depths(int(config.num_hidden_layers))
+    full = int(config.intermediate_size)
+    widths = sorted(set(grid.mlp_widths) - {full})
+    return [(d, w, f) for f in grid.formats for d, w in ((d1, full), (d2, full), *((d2, w) for w in widths))]
+
+
+def network_depths(num_layers: int) -> tuple[int, int]:
+    """The two depths whose difference gives a layer's cost: 4 and 16 (fewer for shallow models;
+    12 layers of difference keep a quantized layer's ~0.3 ms well above the timing noise)."""
+    d2 = min(16, num_layers)
+    return max(1, d2 // 4), d2
+
+
+def _network_tasks(grid: OperatorGrid) -> list[dict[str, int | str]]:
+    out: list[dict[str, int | str]] = []
+    for b in grid.batches:
+        out += [{"phase": "prefill", "tokens": t, "context": 0, "batch": b} for t in grid.prefill_tokens]
+        out += [{"phase": "decode", "tokens": 1, "context": c, "batch": b} for c in grid.decode_contexts]
+    return out
+
+
+def _net_key(row: dict[str, Any]) -> tuple:
+    return tuple(str(row[c]) if c in ("phase", "format") else int(row[c]) for c in NET_KEY_COLUMNS)
+
+
+def _read_networks(out: Path) -> list[dict[str, Any]]:
+    path = out / NETWORKS_FILE
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        for r in rows:
+            for c in ("depth", "width", "tokens", "context", "batch", "repeats", "threads"):
+                r[c] = int(r[c])
+            for c in FLOAT_COLUMNS:
+                r[c] = float(r[c])
+            r["flagged"] = str(r["flagged"]).lower() in ("true", "1")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProfileError(f"{path}: malformed ({exc}); make the profile again with `hwnas profile`") from exc
+    return rows
+
+
+def _write_networks(out: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(NET_KEY_COLUMNS + VALUE_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in sorted(rows, key=_net_key):
+        w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+    write_text(out / NETWORKS_FILE, buf.getvalue())
+
+
+def _profile_networks(prof: DeviceProfile, out: Path, model: str, config: Any, grid: OperatorGrid, backend: str,
+                      backend_config: dict[str, Any], isolate: bool, loaded: Callable[[dict[str, Any]], bool],
+                      on_progress: Callable[[int, int, str], None] | None) -> None:
+    """Time the networks of `network_jobs` (resuming `networks.csv`) and derive the table."""
+    from hwnas_backends.graphs import GraphSpec
+    from hwnas_backends.worker import Task, run_isolated, run_tasks
+
+    from .compression import Compression
+
+    rows = _read_networks(out)
+    done = {_net_key(r) for r in rows if not loaded(r)}
+    jobs = network_jobs(grid, config)
+    tasks = _network_tasks(grid)
+    t_start = time.perf_counter()
+    for i, (depth, width, fmt) in enumerate(jobs):
+        todo = [t for t in tasks if _net_key({"depth": depth, "width": width, "format": fmt, **t}) not in done]
+        if todo:
+            subnet: dict[str, Any] = {"layers": list(range(depth)), "mlp_widths": [width] * depth}
+            if fmt != "fp32":
+                subnet["compression"] = Compression.uniform(fmt, depth).to_dict()
+            spec = GraphSpec("model", model, subnet=subnet)
+            run = run_isolated if isolate else run_tasks
+            res = run(backend, backend_config, spec,
+                      [Task(t["phase"], int(t["tokens"]), int(t["context"]), int(t["batch"])) for t in todo])
+            for t, m in zip(todo, res.measurements):
+                row = {"depth": depth, "width": width, "format": fmt, **t,
+                       **{k: v for k, v in m.to_dict().items() if k in VALUE_COLUMNS}}
+                rows = [r for r in rows if _net_key(r) != _net_key(row)] + [row]
+                if not loaded(row):
+                    done.add(_net_key(row))
+            prof.header["device"] = res.device
+            _write_networks(out, rows)
+        prof.rows = derive_rows(rows, grid, config)
+        prof.header["wall_s"] = round(float(prof.header.get("wall_s", 0.0)) + time.perf_counter() - t_start, 1)
+        t_start = time.perf_counter()
+        prof.header["complete"] = i + 1 == len(jobs) and all(
+            _net_key({"depth": d, "width": w, "format": f, **t}) in done for d, w, f in jobs for t in tasks)
+        prof.header["derived_from"] = NETWORKS_FILE
+        prof.save(out)
+        if on_progress:
+            on_progress(i + 1, len(jobs), f"network {depth} layers @{width}{'' if fmt == 'fp32' else ' ' + fmt}")
+
+
+def derive_rows(networks: list[dict[str, Any]], grid: OperatorGrid, config: Any) -> list[dict[str, Any]]:
+    """Lookup-table rows (attention, MLP per width, head; per format and shape) from whole-network
+    timings (see the module docstring); shapes or formats whose networks are not all timed yet
+    yield no rows. Values are clamped at 0 (a difference smaller than the noise)."""
+    import numpy as np
+
+    d1, d2 = network_depths(int(config.num_hidden_layers))
+    full = int(config.intermediate_size)
+    by = {_net_key(r): r for r in networks}
+    widths = sorted(set(grid.mlp_widths) | {full})
+    out: list[dict[str, Any]] = []
+    for fmt in grid.formats:
+        per_shape = []
+        for t in _network_tasks(grid):
+            def get(depth: int, width: int, _t: dict[str, Any] = t, _f: str = fmt) -> dict[str, Any] | None:
+                return by.get(_net_key({"depth": depth, "width": width, "format": _f, **_t}))
+
+            n1, n2 = get(d1, full), get(d2, full)
+            wide = {w: get(d2, w) for w in widths}
+            if n1 is None or n2 is None or any(v is None for v in wide.values()):
+                continue
+            used = [n1, n2, *wide.values()]
+            t1, t2 = n1["median_ms"], n2["median_ms"]
+            layer = (t2 - t1) / (d2 - d1)
+            per_layer = {w: layer + (r["median_ms"] - t2) / d2 for w, r in wide.items()}
+            if len(per_layer) >= 2:
+                b, a = np.polyfit(np.asarray(list(per_layer), float), np.asarray(list(per_layer.values())), 1)
+            else:  # one width: nothing to separate the two by; attention gets its share of the parameters
+                a = layer * _attention_share(config)
+            values = {("attention", 0): max(0.0, float(a)), ("head", 0): max(0.0, t1 - d1 * layer)}
+            values.update({("mlp", w): max(0.0, v - float(a)) for w, v in per_layer.items()})
+            stats = {"p90_ratio": max(r["p90_ms"] / max(r["median_ms"], 1e-9) for r in used),
+                     "cv": max(r["cv"] for r in used), "cv_raw": max(r["cv_raw"] for r in used),
+                     "repeats": min(r["repeats"] for r in used), "peak_mem_mb": n1["peak_mem_mb"],
+                     "flagged": any(r["flagged"] for r in used), "load": max(r["load"] for r in used),
+                     "threads": n1["threads"]}
+            per_shape.append((t, values, stats))
+        out += _rows_from_shapes(per_shape, fmt, set(grid.mlp_widths))
+    return out
+
+
+def _rows_from_shapes(per_shape: list[tuple[dict[str, Any], dict[tuple[str, int], float], dict[str, Any]]],
+                      fmt: str, grid_widths: set[int]) -> list[dict[str, Any]]:
+    """Rows of one format: prefill rows per shape; decode rows of attention per context, of MLP
+    and head one per batch (context 0), averaged over the contexts."""
+    def row(op: str, width: int, t: dict[str, Any], ms: float, st: dict[str, Any]) -> dict[str, Any]:
+        return {"op": op, "width": width, "format": fmt, **t, "median_ms": ms, "p90_ms": ms * st["p90_ratio"],
+                **{k: v for k, v in st.items() if k != "p90_ratio"}}
+
+    out = []
+    decode: dict[tuple[str, int, int], list[tuple[float, dict[str, Any]]]] = {}
+    for t, values, st in per_shape:
+        for (op, width), ms in values.items():
+            if op == "mlp" and width not in grid_widths:
+                continue
+            if t["phase"] == "prefill" or op == "attention":
+                out.append(row(op, width, t, ms, st))
+            else:
+                decode.setdefault((op, width, int(t["batch"])), []).append((ms, st))
+    for (op, width, batch), vals in decode.items():
+        st = {**vals[0][1], "cv": max(v[1]["cv"] for v in vals), "flagged": any(v[1]["flagged"] for v in vals),
+              "load": max(v[1]["load"] for v in vals)}
+        out.append(row(op, width, {"phase": "decode", "tokens": 1, "context": 0, "batch": batch},
+                       sum(v[0] for v in vals) / len(vals), st))
+    return out
+
+
+def _attention_share(config: Any) -> float:
+    """A full-width layer's parameters that are not its MLP's, as a fraction."""
+    from .modeling import ParamCounter
+
+    c = ParamCounter(config)
+    return c.per_layer / (c.per_layer + c.per_channel * int(config.intermediate_size))

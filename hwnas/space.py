@@ -102,8 +102,8 @@ class SearchSpace:
             raise SpaceError(f"space '{self.name}': compression.formats must be distinct format names")
         bad = [f for f in fmts if bits_of(f) is None]
         if bad:
-            raise SpaceError(f"space '{self.name}': unknown weight format(s) {bad}; a format is fp32, fp16, bf16 or "
-                             "intN (e.g. int8, int4)")
+            raise SpaceError(f"space '{self.name}': unknown weight format(s) {bad}; a format is fp32, fp16, bf16, "
+                             "intN (e.g. int8, int4) or a GGUF type (f16, q8_0, q5_0, q4_0)")
         if self.compression_per not in COMPRESSION_PER:
             raise SpaceError(f"space '{self.name}': compression.per must be one of {COMPRESSION_PER}")
 

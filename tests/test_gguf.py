@@ -47,10 +47,20 @@ def tiny(family: str = "llama", tie: bool = True):
                        source="random", source_hash=f"gguf-{family}", family=fam, load_seconds=0.0)
 
 
-def llama_logits(path, ids):
-    import llama_cpp
+def tiny_folder(tmp_path, monkeypatch):
+    """The tiny llama saved as an HF folder (a model spec a worker can load), with a private graph cache."""
+    monkeypatch.setenv("HWNAS_GRAPH_CACHE", str(tmp_path / "graphs"))
+    base = tiny("llama")
+    folder = tmp_path / "model"
+    base.model.save_pretrained(folder)
+    base.tokenizer.save_pretrained(folder)
+    return folder
 
-    llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=1, logits_all=True, verbose=False)
+
+def llama_logits(path, ids):
+    from hwnas_backends.llamacpp_backend import open_llama
+
+    llm = open_llama(path, n_ctx=128, n_threads=1, logits_all=True, verbose=False)
     llm.eval([int(i) for i in ids])
     out = np.array(llm.scores[: len(ids)])
     llm.close()
@@ -121,11 +131,7 @@ def test_export_quantized_heterogeneous_artifact(tmp_path, monkeypatch):
 def test_bench_on_llamacpp(tmp_path, monkeypatch):
     from hwnas.bench import bench_subnet
 
-    monkeypatch.setenv("HWNAS_GRAPH_CACHE", str(tmp_path / "graphs"))
-    base = tiny("llama")
-    folder = tmp_path / "model"
-    base.model.save_pretrained(folder)
-    base.tokenizer.save_pretrained(folder)
+    folder = tiny_folder(tmp_path, monkeypatch)
     r = bench_subnet(str(folder), HETERO, "llamacpp", prefill=16, decode=4, config={"repeats": 3})
     assert r.backend == "llamacpp" and r.prefill_ms > 0 and r.decode_ms_per_token > 0
     # the block graphs of a profile are refused in one line (whole networks only)
@@ -172,3 +178,135 @@ def test_real_model_heterogeneous_f16_matches_torch(smollm2, tmp_path):
     ids = heldout_tokens(smollm2.tokenizer, n=96)
     agree = (torch_logits(model, ids).argmax(-1) == llama_logits(tmp_path / "m.gguf", ids).argmax(-1)).mean()
     assert agree >= 0.98
+
+
+# --- per-block GGUF tensor types (the joint search on llama.cpp) ---------------------------------------------
+
+MIXED = ("q8_0", "q4_0", "f16"), ("q5_0", "fp32", "q8_0"), "q8_0", "q4_0"  # attn, mlp, embed, head of HETERO
+
+
+@needs_llama
+def test_ggml_tensor_quantizer_writes_what_llama_quantize_writes(tmp_path):
+    """Per-block Q8_0 through ggml_quantize_chunk is byte for byte llama.cpp's own Q8_0 file."""
+    from gguf import GGUFReader
+
+    from hwnas.compression import Compression
+
+    base = tiny("llama")
+    sn = Supernet(base)
+    model = sn.materialize(sn.parse_subnet(HETERO))
+    vocab = gguf_writer.vocab_fields(None, base.tokenizer, VOCAB)
+    gguf_writer.write_gguf(model, tmp_path / "f32.gguf", vocab)
+    gguf_writer.quantize(tmp_path / "f32.gguf", tmp_path / "llama.gguf", "q8_0")
+    info = gguf_writer.write_gguf(model, tmp_path / "ours.gguf", vocab, compression=Compression.uniform("q8_0", 3))
+    assert info["tensor_types"] == {"q8_0": 22} and info["tied_head"]
+    theirs = {t.name: t for t in GGUFReader(str(tmp_path / "llama.gguf")).tensors}
+    ours = {t.name: t for t in GGUFReader(str(tmp_path / "ours.gguf")).tensors}
+    assert theirs.keys() == ours.keys()
+    for name, t in theirs.items():
+        assert t.tensor_type == ours[name].tensor_type, name
+        assert np.array_equal(np.asarray(t.data), np.asarray(ours[name].data)), name
+
+
+@needs_llama
+def test_per_block_gguf_computes_what_the_simulation_computes(tmp_path):
+    """A sub-network with a different GGUF type per block (and a head apart from the embedding)
+    loads in llama.cpp, and the torch simulation of those numerics (`simulate` with the llamacpp
+    backend's schemes) is far closer to llama.cpp's logits than the fp32 sub-network is."""
+    from hwnas.compression import Compression, schemes_of, simulate
+
+    base = tiny("llama")
+    sn = Supernet(base)
+    sub = sn.parse_subnet(HETERO)
+    comp = Compression(*MIXED)
+    model = sn.materialize(sub.architecture, share_weights=True)
+    info = gguf_writer.write_gguf(model, tmp_path / "m.gguf", gguf_writer.vocab_fields(None, base.tokenizer, VOCAB),
+                                  compression=comp)
+    assert not info["tied_head"]  # q4_0 head, q8_0 embedding: stored apart
+    got = llama_logits(tmp_path / "m.gguf", IDS)
+    fp32 = torch_logits(model, IDS)
+    sim = torch_logits(simulate(sn.materialize(sub.architecture, share_weights=True), comp, schemes_of("llamacpp")), IDS)
+    assert (sim.argmax(-1) == got.argmax(-1)).mean() >= 0.97
+    assert np.abs(sim - got).max() < 0.25 * np.abs(fp32 - got).max()
+
+
+@needs_llama
+def test_export_per_block_gguf_verified_against_the_simulation(tmp_path, monkeypatch):
+    from hwnas.compression import Compression
+    from hwnas.errors import HwnasUserError
+    from hwnas.export import export
+
+    monkeypatch.setenv("HWNAS_GRAPH_CACHE", str(tmp_path / "graphs"))
+    sn = Supernet(tiny("llama"))
+    sub = sn.parse_subnet(HETERO).compressed(Compression(*MIXED))
+    m = export(sn, sub, "gguf", tmp_path / "art", measure=False)
+    assert m["compression"]["head"] == "q4_0" and m["options"]["gguf"]["dtype"] == "per-block"
+    assert m["verification"]["against"].startswith("torch simulation") and m["verification"]["top1_agreement"] >= 0.97
+    with pytest.raises(HwnasUserError, match="does not run weight format"):  # ONNX Runtime's int8 is not a GGUF type
+        export(sn, sn.parse_subnet(HETERO).compressed(Compression.uniform("int8", 3)), "gguf", tmp_path / "x",
+               measure=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_network_differences_recover_the_operator_rows():
+    """Whole-network timings of a known linear cost model give back its attention, MLP and head rows."""
+    from types import SimpleNamespace
+
+    from hwnas.profile import OperatorGrid, derive_rows, network_jobs
+
+    config = SimpleNamespace(num_hidden_layers=30, intermediate_size=1536, hidden_size=576, num_attention_heads=9,
+                             num_key_value_heads=3, vocab_size=1000, tie_word_embeddings=True)
+    grid = OperatorGrid(prefill_tokens=[32], decode_contexts=[128, 512], mlp_widths=[512, 1024, 1536],
+                        formats=["fp32", "q8_0"])
+    jobs = network_jobs(grid, config)
+    assert sorted({(d, w) for d, w, _ in jobs}) == [(4, 1536), (16, 512), (16, 1024), (16, 1536)] and len(jobs) == 8
+
+    def cost(fmt, phase, context):  # head, attention (grows with context), MLP per channel
+        k = 0.5 if fmt == "q8_0" else 1.0
+        return k * 3.0, k * (0.2 + (0.001 * context if phase == "decode" else 0.3)), k * 0.0007
+
+    rows = []
+    for depth, width, fmt in jobs:
+        for phase, tokens, context in (("prefill", 32, 0), ("decode", 1, 128), ("decode", 1, 512)):
+            head, attn, per_ch = cost(fmt, phase, context)
+            ms = head + depth * (attn + per_ch * width)
+            rows.append({"depth": depth, "width": width, "format": fmt, "phase": phase, "tokens": tokens,
+                         "context": context, "batch": 1, "median_ms": ms, "p90_ms": ms * 1.1, "cv": 0.01,
+                         "cv_raw": 0.01, "repeats": 5, "peak_mem_mb": 100.0, "flagged": False, "load": 0.0,
+                         "threads": 1})
+    out = {(r["op"], r["width"], r["format"], r["phase"], r["context"]): r["median_ms"] for r in derive_rows(rows, grid, config)}
+    for fmt in ("fp32", "q8_0"):
+        head, attn, per_ch = cost(fmt, "prefill", 0)
+        assert out[("head", 0, fmt, "prefill", 0)] == pytest.approx(head)
+        assert out[("attention", 0, fmt, "prefill", 0)] == pytest.approx(attn)
+        assert out[("mlp", 1024, fmt, "prefill", 0)] == pytest.approx(per_ch * 1024)
+        for c in (128, 512):
+            assert out[("attention", 0, fmt, "decode", c)] == pytest.approx(cost(fmt, "decode", c)[1])
+        assert out[("mlp", 512, fmt, "decode", 0)] == pytest.approx(per_ch * 512)  # one row, context 0
+        assert out[("head", 0, fmt, "decode", 0)] == pytest.approx(head)
+    assert len(derive_rows(rows[:-1], grid, config)) < len(out)  # a shape not fully timed yields no rows
+
+
+@needs_llama
+def test_profile_on_llamacpp_by_network_differences(tmp_path, monkeypatch):
+    from hwnas.latency import FeatureBuilder, Shape
+    from hwnas.profile import NETWORKS_FILE, DeviceProfile, OperatorGrid, run_profile
+    from hwnas.space import SearchSpace
+
+    folder = tiny_folder(tmp_path, monkeypatch)
+    space = SearchSpace.default_for(num_layers=4, intermediate_size=256)
+    grid = OperatorGrid(prefill_tokens=[8], decode_contexts=[16], mlp_widths=[128, 256], formats=["fp32", "q8_0"])
+    fast = {"warmup": 1, "repeats": 3, "min_time_s": 0.0, "min_sample_ms": 0.5}
+    prof = run_profile(str(folder), space, "llamacpp", tmp_path / "prof", grid=grid, config=fast, isolate=False)
+    assert prof.header["complete"] and prof.header["derived_from"] == NETWORKS_FILE
+    keys = {(r["op"], r["width"], r["format"], r["phase"]) for r in prof.rows}
+    assert keys == {(op, w, f, ph) for f in ("fp32", "q8_0") for ph in ("prefill", "decode")
+                    for op, w in (("attention", 0), ("head", 0), ("mlp", 128), ("mlp", 256))}
+    assert len((tmp_path / "prof" / NETWORKS_FILE).read_text().splitlines()) == 1 + 2 * 3 * 2  # header, 3 nets x 2 shapes x 2 formats
+    p = DeviceProfile.load(tmp_path / "prof")
+    assert p.formats == ["fp32", "q8_0"] and p.lookup("head", "decode", format="q8_0") >= 0
+    FeatureBuilder(p, Shape.of(tiny("llama").model.config), [128, 256])  # the latency model reads it like any profile
+    timed = (tmp_path / "prof" / NETWORKS_FILE).read_text()
+    again = run_profile(str(folder), space, "llamacpp", tmp_path / "prof", grid=grid, config=fast, isolate=False)
+    assert (tmp_path / "prof" / NETWORKS_FILE).read_text() == timed  # resumed: nothing timed again
+    assert len(again.rows) == len(prof.rows)

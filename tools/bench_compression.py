@@ -5,8 +5,9 @@
     python tools/bench_compression.py prompt ARTIFACT [ARTIFACT ...] [--prompt 128] [--ppl-window 512]
 
 For `--n` sub-networks of the embedded model's space with compression genes (the full network all
-int8; its 4 least influential layers dropped, all int8; width 1024 with attention fp32 and MLPs int8;
-then fp32 / int8 per block drawn at random with random architectures), prints the fp32 torch perplexity, the simulated
+8-bit — int8 on ONNX Runtime, q8_0 on llama.cpp; its 4 least influential layers dropped, all 8-bit;
+width 1024 with attention fp32 and MLPs 8-bit; then every format the backend runs, per block, drawn
+at random with random architectures), prints the fp32 torch perplexity, the simulated
 perplexity (`hwnas.compression.simulate`, what the search scores) and the exported artifact's
 perplexity through its own runtime (token by token through the KV cache, `hwnas baselines`'s
 scoring), on the same held-out WikiText-2 windows, and the simulation's gap.
@@ -35,27 +36,28 @@ def parity(args: argparse.Namespace) -> None:
     from hwnas.baselines import artifact_perplexity, heldout_windows, torch_perplexity
     from hwnas.compression import Compression, schemes_of, simulate
     from hwnas.export import export, searched_format
-    from hwnas.fingerprint import _cpu_model
+    from hwnas.fingerprint import cpu_model
     from hwnas.subnet import Subnet
     from hwnas.supernet import open_supernet
 
     sn = open_supernet("smollm2-135m")
-    space = dataclasses.replace(sn.default_space(), weight_formats=("fp32", "int8"), compression_per="block")
     schemes = schemes_of(args.backend)
+    eight = next(f for f, sc in sorted(schemes.items()) if sc.bits == 8)  # int8 (ORT), q8_0 (llama.cpp)
+    space = dataclasses.replace(sn.default_space(), weight_formats=("fp32", *sorted(schemes)), compression_per="block")
     fmt = searched_format(args.backend)
     windows = heldout_windows(sn.base.tokenizer, args.ppl_windows, args.ppl_window)
     rng = random.Random(args.seed)
     full = sn.full_subnet()
     drop4 = Subnet.dropping(space, sn.order.layer_scores if sn.order else None, 4, sn.intermediate_size)
     w1024 = Subnet.dropping(space, None, 0, 1024)
-    subnets = [full.compressed(Compression.uniform("int8", full.depth)),
-               drop4.compressed(Compression.uniform("int8", drop4.depth)),
-               w1024.compressed(Compression(("fp32",) * 30, ("int8",) * 30, "int8", "int8"))]
+    subnets = [full.compressed(Compression.uniform(eight, full.depth)),
+               drop4.compressed(Compression.uniform(eight, drop4.depth)),
+               w1024.compressed(Compression(("fp32",) * 30, (eight,) * 30, eight, eight))]
     while len(subnets) < args.n:
         s = sn.parse_subnet(space.sample(rng), space)
         if s.compression is not None:
             subnets.append(s)
-    print(f"# {args.backend} ({fmt}), {_cpu_model()}, {len(windows)}x{len(windows[0])} held-out WikiText-2 tokens")
+    print(f"# {args.backend} ({fmt}), {cpu_model()}, {len(windows)}x{len(windows[0])} held-out WikiText-2 tokens")
     print("| sub-network | formats | ppl fp32 (torch) | ppl simulated | ppl runtime | sim / runtime - 1 |")
     print("|---|---|---:|---:|---:|---:|")
     gaps = []

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compression import Compression
+from ..compression import Compression, bits_of
 from ..errors import HwnasUserError
 from ..fileio import write_json, write_yaml
 from ..space import SearchSpace
@@ -46,7 +46,7 @@ class SearchResult:
 class Search:
     """One search run: model in memory, evaluator prepared once, store on disk."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, supernet=None, evaluator=None,  # noqa: ANN001
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, supernet=None, evaluator=None,
                  progress: ProgressFn | None = None, metrics_cache: dict[str, dict] | None = None) -> None:
         from ..outdir import check_out, claim_dir
         from ..supernet import open_supernet
@@ -223,24 +223,25 @@ class Search:
 
     def heuristic_seeds(self, n: int, taken: set[str]) -> list[Subnet]:
         """Up to `n` sub-networks a user gets without searching, so the search starts where the
-        baselines are (and its front can only improve on them): the base and ShortGPT-style layer
-        dropping (a quarter, half and all of the droppable layers, least influential first) and
-        one uniform MLP width, each with every weight in one of the space's formats (the base in
-        fp32 is the run's reference point already)."""
+        baselines are (and its front can only improve on them): the base in each of the space's
+        compressed formats (fewest bits first), then ShortGPT-style layer dropping (a quarter, half
+        and all of the droppable layers, least influential first) and one uniform MLP width, each
+        with every weight in one format, most compressed first (the base in fp32 is the run's
+        reference point already)."""
         space = self.space
         scores = self.sn.order.layer_scores if self.sn.order else None
         most = space.num_layers - min(space.allowed_depths)
         drops = sorted({k for k in (0, most // 4, most // 2, most)})
         full, mid = space.mlp_widths[-1], space.mlp_widths[len(space.mlp_widths) // 2]
         archs = [Subnet.dropping(space, scores, k, full) for k in drops] + [Subnet.dropping(space, scores, 0, mid)]
-        formats = sorted(space.weight_formats, key=lambda f: f != "fp32")
+        formats = sorted(space.weight_formats, key=lambda f: bits_of(f) or 32)  # most compressed first
+        order = [(archs[0], f) for f in formats] + [(a, f) for f in formats for a in archs[1:]]
         out: list[Subnet] = []
-        for f in reversed(formats):  # most compressed first: the strongest baselines
-            for a in archs:
-                s = a if f == "fp32" else a.compressed(Compression.uniform(f, a.depth))
-                if len(out) < n and s.key() not in taken and (space.mode == "prefix" or s.depth in space.allowed_depths):
-                    taken.add(s.key())
-                    out.append(s)
+        for a, f in order:
+            s = a if f == "fp32" else a.compressed(Compression.uniform(f, a.depth))
+            if len(out) < n and s.key() not in taken and (space.mode == "prefix" or s.depth in space.allowed_depths):
+                taken.add(s.key())
+                out.append(s)
         return out
 
     def fit_predictors(self, records: list[dict[str, Any]]) -> dict[str, Any]:
