@@ -118,13 +118,13 @@ def test_noisy_measurement_is_repeated_and_flagged():
     class Jittery(Backend):
         NAME = "jitter"
 
-        def prepare(self, module, io, workdir):  # noqa: ANN001
+        def prepare(self, module, io, workdir):
             self.n = 0
 
-        def load_past(self, past):  # noqa: ANN001
+        def load_past(self, past):
             pass
 
-        def step(self, x):  # noqa: ANN001
+        def step(self, x):
             self.n += 1
             time.sleep(0.004 if self.n % 2 else 0.0005)
 

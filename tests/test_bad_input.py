@@ -603,7 +603,7 @@ def test_fuzz_subnet_parse(data):
     _user_error_or_none(lambda: Subnet.from_dict(data))
 
 
-def _fuzz_file(factory, name: str, text: str):  # noqa: ANN001, ANN202
+def _fuzz_file(factory, name: str, text: str):
     """The fuzzed text written where a loader reads it (surrogates kept: invalid UTF-8 is a case too)."""
     path = factory.getbasetemp() / name
     path.write_bytes(text.encode("utf-8", errors="surrogatepass"))

@@ -52,13 +52,13 @@ def _backend(**cfg):
     class Quick(base.Backend):
         NAME = "quick"
 
-        def prepare(self, module, io, workdir):  # noqa: ANN001
+        def prepare(self, module, io, workdir):
             pass
 
-        def load_past(self, past):  # noqa: ANN001
+        def load_past(self, past):
             pass
 
-        def step(self, x):  # noqa: ANN001
+        def step(self, x):
             pass
 
     be = Quick(base.BackendConfig(warmup=0, repeats=4, min_time_s=0, min_sample_ms=0, cv_threshold=10.0,

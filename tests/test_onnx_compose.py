@@ -9,11 +9,11 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from hwnas_backends import onnx_compose  # noqa: E402
-from hwnas_backends.graphs import build_module  # noqa: E402
-from hwnas_backends.onnx_export import export_onnx  # noqa: E402
+from hwnas_backends import onnx_compose
+from hwnas_backends.graphs import build_module
+from hwnas_backends.onnx_export import export_onnx
 
-from hwnas.supernet import Supernet  # noqa: E402
+from hwnas.supernet import Supernet
 
 
 @pytest.fixture(autouse=True)
