@@ -275,6 +275,9 @@ class Backend:
     # what `hwnas backends --setup NAME` makes for this runtime, in words ("": it needs no setup step),
     # e.g. a private venv for a runtime whose pins clash with hwnas's; `setup` makes it
     SETUP: ClassVar[str] = ""
+    # where the formats it declares (`register_formats`) come in `hwnas.export.FORMATS`, and so in every
+    # listing of them: plugins register in this order (ties by name), after the core's `hf`
+    FORMAT_ORDER: ClassVar[int] = 100
 
     @classmethod
     def setup(cls, log: Callable[[str], None]) -> None:

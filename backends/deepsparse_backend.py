@@ -148,6 +148,7 @@ class DeepSparseBackend(Backend):
     CONFIG = DeepSparseConfig
     STATIC_SHAPES = True
     CONVERTS = True
+    FORMAT_ORDER = 50
     SETUP = f"a private venv with {' '.join(REQUIREMENTS)} in the hwnas cache (python 3.11; ~30 s, ~485 MB)"
 
     @classmethod
@@ -160,7 +161,7 @@ class DeepSparseBackend(Backend):
         register("deepsparse", "magnitude-pruned (unstructured) attention and MLP linears, ONNX compiled by "
                  "DeepSparse 1.8 (the only runtime here that turns unstructured sparsity into speed)", "fp32-sparse",
                  _write_artifact, requires=("onnx",), check=_check_artifact, runner="onnxruntime",
-                 runner_folder=_runner_folder)
+                 runner_folder=_runner_folder, weight_files=("deepsparse_decode.onnx",))
 
     @classmethod
     def has_artifacts(cls, workdir: Path, config: Any) -> bool:

@@ -5,7 +5,8 @@ llama.cpp's own KV cache.
 architecture, or `deci` for per-layer MLP widths) in F32, or, for a compressed sub-network, each
 block in its own GGUF tensor type quantized by ggml (`WEIGHT_FORMATS`: f16, q8_0, q5_0, q4_0 —
 the types whose blocks of 32 fit any hidden size; the K-quants' blocks of 256 do not fit
-SmolLM2's 576). Whole-file recipes (`hwnas export --format gguf-q4_k_m`) are export formats. The shared timing loop drives
+SmolLM2's 576). Whole-file recipes (`hwnas export --format gguf-q4_k_m`) are export formats the plugin
+declares (`register_formats`), with `gguf`, the searched per-block file. The shared timing loop drives
 it like any runtime: `load_past` puts a cache of C tokens in place by truncating llama.cpp's cache
 (it holds real keys and values of a fixed filler text, computed once, untimed), `step` decodes a
 batch of tokens at the next positions. It measures whole networks only (no operator blocks): `hwnas profile` derives its lookup-table rows
@@ -81,12 +82,57 @@ def open_llama(path: str | Path, *, extra_buffers: str = "auto", **kwargs: Any) 
 
 
 
+def _write_gguf(ctx: Any, ftype: str) -> None:
+    """`model.gguf` in F32 / F16 (a compressed sub-network: its per-block tensor types, quantized by
+    ggml), or a whole-file recipe (q8_0, q4_k_m) by llama.cpp's quantizer from an F32 file."""
+    from hwnas import gguf_writer
+
+    vocab = gguf_writer.vocab_fields(ctx.source, ctx.tokenizer, ctx.model.config.vocab_size)
+    path = ctx.out / gguf_writer.FILE
+    if ftype in ("f32", "f16"):
+        ctx.options["gguf"] = gguf_writer.write_gguf(ctx.model, path, vocab, dtype=ftype, compression=ctx.compression)
+        return
+    tmp = ctx.out / ".f32.gguf"
+    ctx.options["gguf"] = {**gguf_writer.write_gguf(ctx.model, tmp, vocab), "dtype": ftype}
+    try:
+        gguf_writer.quantize(tmp, path, ftype, threads=int(ctx.options.get("threads", 1)))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_gguf(ctx: Any) -> None:
+    from hwnas import gguf_writer
+
+    gguf_writer.arch_for(ctx.model)  # refuses a family / width mix llama.cpp has no architecture for
+
+
+_DECI = "; per-layer MLP widths as llama.cpp's `deci` architecture"
+# whole-file recipes by llama.cpp's quantizer: (format, ftype, description, precision)
+_RECIPES = (
+    ("gguf-f16", "f16", "GGUF for llama.cpp, F16 weights (norms F32)", "fp16"),
+    ("gguf-q8_0", "q8_0", "GGUF for llama.cpp, Q8_0 (8-bit, one fp16 scale per 32 weights) by llama.cpp's quantizer",
+     "int8-weights"),
+    ("gguf-q4_k_m", "q4_k_m", "GGUF for llama.cpp, Q4_K_M (4-bit K-quants, some tensors Q6_K) by llama.cpp's "
+     "quantizer", "int4-weights"))
+
+
 class LlamaCppBackend(Backend):
     NAME = "llamacpp"
     CONFIG = LlamaCppConfig
     CONVERTS = True
     KINDS = ("model",)
     WEIGHT_FORMATS = WEIGHT_FORMATS
+    FORMAT_ORDER = 30
+
+    @classmethod
+    def register_formats(cls, register: Any) -> None:
+        requires = ("llama_cpp", "gguf")
+        for name, ftype, desc, precision in _RECIPES:
+            register(name, desc + _DECI, precision, lambda ctx, _t=ftype: _write_gguf(ctx, _t), requires=requires,
+                     check=_check_gguf)
+        register("gguf", "GGUF for llama.cpp: F32, or a compressed sub-network's per-block tensor types (f16, q8_0, "
+                 "q5_0, q4_0) quantized by ggml, as the joint search on llamacpp searched them" + _DECI, "fp32",
+                 lambda ctx: _write_gguf(ctx, "f32"), requires=requires, check=_check_gguf, per_block=True)
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

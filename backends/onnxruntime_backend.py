@@ -24,11 +24,36 @@ class OnnxRuntimeConfig(BackendConfig):
     graph_optimization: str = "all"  # ORT GraphOptimizationLevel: disable | basic | extended | all
 
 
+REQUIRES = ("onnxruntime", "onnx", "onnxscript")
+
+
+def _write_onnx(ctx: Any) -> None:
+    """`graph.onnx`: fp32, or the weight formats `ctx.compression` gives each block."""
+    from .graphs import build_module
+    from .onnx_export import export_onnx
+
+    module, io = build_module(ctx.model, "model")
+    if ctx.compression is None:
+        export_onnx(module, io, ctx.out / "graph.onnx")
+        return
+    tmp = ctx.out / ".fp32.onnx"
+    export_onnx(module, io, tmp)
+    quantize_onnx(tmp, ctx.out / "graph.onnx", ctx.compression)  # removes tmp and its data
+
+
 class OnnxRuntimeBackend(Backend):
     NAME = "onnxruntime"
     CONFIG = OnnxRuntimeConfig
     CONVERTS = True
     WEIGHT_FORMATS = {"int8": INT8}
+    FORMAT_ORDER = 10
+
+    @classmethod
+    def register_formats(cls, register: Any) -> None:
+        register("onnx", "ONNX with past key values, one graph for prefill and decode (fp32, or a compressed "
+                 "sub-network's per-block weight formats)", "fp32", _write_onnx, requires=REQUIRES, per_block=True)
+        register("onnx-int8", "ONNX Runtime dynamic quantization (INT8 weights per channel, activations quantized "
+                 "at run time), every block", "int8", _write_onnx, requires=REQUIRES, weights="int8", per_block=True)
 
     @classmethod
     def has_artifacts(cls, workdir: Path, config: Any) -> bool:
@@ -38,7 +63,7 @@ class OnnxRuntimeBackend(Backend):
     def available(cls) -> tuple[bool, str]:
         import importlib.util
 
-        missing = [m for m in ("onnxruntime", "onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+        missing = [m for m in REQUIRES if importlib.util.find_spec(m) is None]
         if missing:
             return False, f"missing {', '.join(missing)}: pip install 'hwnas[onnxruntime]'"
         return True, ""

@@ -1,4 +1,5 @@
-"""torch eager backend: CPU, or CUDA (CUDA events for timing, `max_memory_allocated` for memory)."""
+"""torch eager backend: CPU, or CUDA (CUDA events for timing, `max_memory_allocated` for memory).
+It runs the core's `hf` artifacts and declares `bnb-int8` (bitsandbytes INT8 weights, CUDA)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,38 @@ class TorchConfig(BackendConfig):
     device: str = "cpu"  # or "cuda" / "cuda:N"
 
 
+def _check_cuda(ctx: Any) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        from hwnas.export import ExportError
+
+        raise ExportError("bnb-int8 needs a CUDA GPU: bitsandbytes INT8 on CPU is correct but measured 1.6-16x "
+                          "slower than fp32 here, so hwnas refuses it; use onnx-int8 or openvino-int8 on CPU")
+
+
+def _write_bnb(ctx: Any) -> None:
+    import shutil
+
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    tmp = ctx.out / ".fp32"
+    ctx.model.save_pretrained(tmp)
+    q = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+                                             device_map="cuda")
+    q.save_pretrained(ctx.out)
+    shutil.rmtree(tmp)
+
+
 class TorchBackend(Backend):
     NAME = "torch"
     CONFIG = TorchConfig
+    FORMAT_ORDER = 40  # `hf` (the fp32 HF folder) is the core's own format
+
+    @classmethod
+    def register_formats(cls, register: Any) -> None:
+        register("bnb-int8", "bitsandbytes LLM.int8() weights, CUDA only (HF folder + quantization_config)", "int8",
+                 _write_bnb, requires=("bitsandbytes",), check=_check_cuda, backend_config={"device": "cuda"})
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

@@ -3,7 +3,9 @@ against torch on held-out text, re-measured, and described by `manifest.json`.
 
 Formats are a registry (`FORMATS`): each writes its runtime files into the artifact folder under
 the names its backend plugin reads (`graph.onnx` for ONNX Runtime, `openvino_stateful.xml/.bin`
-for OpenVINO, an HF folder for torch), so the same plugin measures it and runs it. Every artifact
+for OpenVINO, an HF folder for torch), so the same plugin measures it and runs it. The core
+registers `hf` (the torch sub-network as it is); every other format is declared by the plugin that
+runs it (`Backend.register_formats`), so this module names no runtime library. Every artifact
 folder also holds `config.json` and the tokenizer. Verification feeds held-out tokens one at a
 time through the runtime's KV cache and compares every position's logits with the fp32 torch
 sub-network; the reference top-5 logits are kept in the manifest so `hwnas verify` can re-check an
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,9 @@ class Format:
     per_block: bool = False  # writes a compressed sub-network's per-block formats (`ctx.compression`)
     # the folder `runner` prepares from, made from the artifact folder (None: the artifact folder itself)
     runner_folder: Callable[[Path], Path] | None = None
+    # the artifact's files a decode step streams, for the roofline (empty: every .bin / .onnx /
+    # .onnx.data / .safetensors / .gguf file)
+    weight_files: tuple[str, ...] = ()
 
 
 FORMATS: dict[str, Format] = {}
@@ -70,18 +74,12 @@ def register_format(name: str, backend: str, description: str, precision: str, r
                     check: Callable[[ExportContext], None] | None = None,
                     backend_config: dict[str, Any] | None = None, runner: str | None = None,
                     weights: str | None = None, per_block: bool = False,
-                    runner_folder: Callable[[Path], Path] | None = None):
+                    runner_folder: Callable[[Path], Path] | None = None, weight_files: tuple[str, ...] = ()):
     def deco(fn: Callable[[ExportContext], None]) -> Callable[[ExportContext], None]:
         FORMATS[name] = Format(name, backend, description, precision, fn, requires, check, backend_config or {},
-                               runner, weights, per_block, runner_folder)
+                               runner, weights, per_block, runner_folder, tuple(weight_files))
         return fn
     return deco
-
-
-def _graph(model, weights: Any = None) -> tuple[Any, Any]:
-    from hwnas_backends.graphs import build_module
-
-    return build_module(model, "model", weights=weights)
 
 
 @register_format("hf", "torch", "HF safetensors folder (transformers loads it; fp32)", "fp32")
@@ -89,139 +87,9 @@ def _write_hf(ctx: ExportContext) -> None:
     ctx.model.save_pretrained(ctx.out)
 
 
-@register_format("onnx", "onnxruntime", "ONNX with past key values, one graph for prefill and decode (fp32, "
-                 "or a compressed sub-network's per-block weight formats)", "fp32",
-                 requires=("onnxruntime", "onnx", "onnxscript"), per_block=True)
-def _write_onnx(ctx: ExportContext) -> None:
-    from hwnas_backends.onnx_export import export_onnx
-    from hwnas_backends.onnxruntime_backend import quantize_onnx
-
-    module, io = _graph(ctx.model)
-    if ctx.compression is None:
-        export_onnx(module, io, ctx.out / "graph.onnx")
-        return
-    tmp = ctx.out / ".fp32.onnx"
-    export_onnx(module, io, tmp)
-    quantize_onnx(tmp, ctx.out / "graph.onnx", ctx.compression)  # removes tmp and its data
-
-
-register_format("onnx-int8", "onnxruntime", "ONNX Runtime dynamic quantization (INT8 weights per channel, "
-                "activations quantized at run time), every block", "int8",
-                requires=("onnxruntime", "onnx", "onnxscript"), weights="int8", per_block=True)(_write_onnx)
-
-
-def _write_ov(ctx: ExportContext, compress: dict[str, Any] | None) -> None:
-    from hwnas_backends.onnx_export import convert_openvino, save_openvino
-
-    module, io = _graph(ctx.model)
-    ov_model = convert_openvino(module, io, stateful=True)
-    if compress is not None:
-        import contextlib
-        import logging
-        import sys
-
-        import nncf
-
-        for h in logging.getLogger("nncf").handlers:  # its statistics table is progress, not output:
-            if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout:  # keep stdout machine-readable
-                h.setStream(sys.stderr)
-        with contextlib.redirect_stdout(sys.stderr):  # and its progress bar
-            ov_model = nncf.compress_weights(ov_model, **compress)
-    save_openvino(ov_model, ctx.out / "openvino_stateful.xml")
-
-
-@register_format("openvino", "openvino", "OpenVINO IR, stateful KV cache, fp32 weights", "fp32",
-                 requires=("openvino",))
-def _write_openvino(ctx: ExportContext) -> None:
-    _write_ov(ctx, None)
-
-
-@register_format("openvino-int8", "openvino", "OpenVINO IR + NNCF INT8 weight compression (asymmetric, "
-                 "per channel)", "int8-weights", requires=("openvino", "nncf"))
-def _write_openvino_int8(ctx: ExportContext) -> None:
-    import nncf
-
-    _write_ov(ctx, {"mode": nncf.CompressWeightsMode.INT8_ASYM})
-
-
-def _check_int4(ctx: ExportContext) -> None:
-    group = int(ctx.options.get("group_size", 64))
-    widths = [layer.mlp.down_proj.in_features for layer in ctx.model.model.layers]
-    bad = sorted({w for w in widths if w % group})
-    if bad or ctx.model.config.hidden_size % group:
-        raise ExportError(f"openvino-int4 group size {group} must divide every MLP width and the hidden size; "
-                          f"it does not divide {bad or [ctx.model.config.hidden_size]} (use --group-size)")
-
-
-@register_format("openvino-int4", "openvino", "OpenVINO IR + NNCF INT4 group-wise weight compression "
-                 "(symmetric; embeddings and head stay INT8)", "int4-weights", requires=("openvino", "nncf"),
-                 check=_check_int4)
-def _write_openvino_int4(ctx: ExportContext) -> None:
-    import nncf
-
-    _write_ov(ctx, {"mode": nncf.CompressWeightsMode.INT4_SYM, "group_size": int(ctx.options.get("group_size", 64)),
-                    "ratio": 1.0})
-
-
-def _write_gguf(ctx: ExportContext, ftype: str) -> None:
-    from . import gguf_writer
-
-    vocab = gguf_writer.vocab_fields(ctx.source, ctx.tokenizer, ctx.model.config.vocab_size)
-    path = ctx.out / gguf_writer.FILE
-    if ftype in ("f32", "f16"):
-        ctx.options["gguf"] = gguf_writer.write_gguf(ctx.model, path, vocab, dtype=ftype, compression=ctx.compression)
-        return
-    tmp = ctx.out / ".f32.gguf"
-    ctx.options["gguf"] = {**gguf_writer.write_gguf(ctx.model, tmp, vocab), "dtype": ftype}
-    try:
-        gguf_writer.quantize(tmp, path, ftype, threads=int(ctx.options.get("threads", 1)))
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _check_gguf(ctx: ExportContext) -> None:
-    from . import gguf_writer
-
-    gguf_writer.arch_for(ctx.model)  # refuses a family / width mix llama.cpp has no architecture for
-
-
-for _name, _ftype, _desc, _prec in (
-        ("gguf-f16", "f16", "GGUF for llama.cpp, F16 weights (norms F32)", "fp16"),
-        ("gguf-q8_0", "q8_0", "GGUF for llama.cpp, Q8_0 (8-bit, one fp16 scale per 32 weights) by llama.cpp's quantizer",
-         "int8-weights"),
-        ("gguf-q4_k_m", "q4_k_m", "GGUF for llama.cpp, Q4_K_M (4-bit K-quants, some tensors Q6_K) by llama.cpp's "
-         "quantizer", "int4-weights")):
-    register_format(_name, "llamacpp", _desc + "; per-layer MLP widths as llama.cpp's `deci` architecture",
-                    _prec, requires=("llama_cpp", "gguf"), check=_check_gguf)(
-        lambda ctx, _t=_ftype: _write_gguf(ctx, _t))
-register_format("gguf", "llamacpp", "GGUF for llama.cpp: F32, or a compressed sub-network's per-block tensor types "
-                "(f16, q8_0, q5_0, q4_0) quantized by ggml, as the joint search on llamacpp searched them; per-layer "
-                "MLP widths as llama.cpp's `deci` architecture", "fp32", requires=("llama_cpp", "gguf"),
-                check=_check_gguf, per_block=True)(lambda ctx: _write_gguf(ctx, "f32"))
-
-
-def _check_cuda(ctx: ExportContext) -> None:
-    if not torch.cuda.is_available():
-        raise ExportError("bnb-int8 needs a CUDA GPU: bitsandbytes INT8 on CPU is correct but measured 1.6-16x "
-                          "slower than fp32 here, so hwnas refuses it; use onnx-int8 or openvino-int8 on CPU")
-
-
-@register_format("bnb-int8", "torch", "bitsandbytes LLM.int8() weights, CUDA only (HF folder + "
-                 "quantization_config)", "int8", requires=("bitsandbytes",), check=_check_cuda,
-                 backend_config={"device": "cuda"})
-def _write_bnb(ctx: ExportContext) -> None:
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    tmp = ctx.out / ".fp32"
-    ctx.model.save_pretrained(tmp)
-    q = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
-                                             device_map="cuda")
-    q.save_pretrained(ctx.out)
-    shutil.rmtree(tmp)
-
-
 def _register_plugin_formats() -> None:
-    """The formats backend plugins declare themselves (`Backend.register_formats`), after the core's."""
+    """The formats backend plugins declare themselves (`Backend.register_formats`), after the core's,
+    plugin by plugin in `Backend.FORMAT_ORDER` (then name) order."""
     from hwnas_backends.base import backend_class, backend_names
 
     def registrar(backend: str) -> Callable[..., None]:
@@ -231,11 +99,13 @@ def _register_plugin_formats() -> None:
                 register_format(name, backend, description, precision, **options)(write)
         return register
 
+    classes = []
     for backend in backend_names():
         try:
-            cls = backend_class(backend)
+            classes.append((backend, backend_class(backend)))
         except Exception:  # a broken plugin is listed by `hwnas backends`, not fatal here
             continue
+    for backend, cls in sorted(classes, key=lambda bc: (bc[1].FORMAT_ORDER, bc[0])):
         cls.register_formats(registrar(backend))
 
 
@@ -257,7 +127,7 @@ def open_runtime(art: Path, manifest: dict[str, Any], threads: int = 1):
     cls = backend_class(name)
     be = cls(cls.CONFIG.from_dict({"threads": threads, **(fmt.backend_config if name == fmt.backend else {})}))
     module = None
-    if name == "torch":
+    if not cls.CONVERTS:  # a runtime that runs the torch module itself: the artifact's HF folder
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(art).eval()
@@ -437,7 +307,7 @@ def _write_artifact(sn: Any, subnet: Any, fmt: Format, ctx: ExportContext, *, da
         say(f"measuring on {fmt.backend}")
         measured = measure_artifact(ctx.out, fmt, prefill=prefill, decode=decode, threads=threads)
     params = parameter_count(model)
-    weight_bytes = _runtime_weight_bytes(ctx.out)
+    weight_bytes = _runtime_weight_bytes(ctx.out, fmt)
     from .fingerprint import measure_roofline
 
     roof = measure_roofline(threads=threads)
@@ -483,24 +353,19 @@ def _write_artifact(sn: Any, subnet: Any, fmt: Format, ctx: ExportContext, *, da
     return manifest
 
 
-def _runtime_weight_bytes(folder: Path) -> int:
-    """Bytes of the weight files a decode step streams (the .bin / .onnx / .safetensors)."""
-    if (folder / "deepsparse_decode.onnx").is_file():
-        return (folder / "deepsparse_decode.onnx").stat().st_size
+def _runtime_weight_bytes(folder: Path, fmt: Format) -> int:
+    """Bytes of the weight files a decode step streams (`fmt.weight_files`, or every .bin / .onnx /
+    .safetensors / .gguf file)."""
+    if fmt.weight_files:
+        return sum((folder / f).stat().st_size for f in fmt.weight_files if (folder / f).is_file())
     return sum(p.stat().st_size for p in folder.iterdir()
                if p.suffix in (".bin", ".onnx", ".safetensors", ".gguf") or p.name.endswith(".onnx.data"))
 
 
 def _versions(fmt: Format) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from .versions import dist_versions
 
-    out = {}
-    for pkg in ("torch", "transformers", *fmt.requires):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+    return dist_versions("torch", "transformers", *fmt.requires)
 
 
 def measure_artifact(folder: Path, fmt: Format, *, prefill: int = 128, decode: int = 32,
