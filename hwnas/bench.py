@@ -6,7 +6,7 @@ training samples); `BenchResult.summary()` is exactly what `hwnas bench --json` 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 SUMMARY_KEYS = ("backend", "prefill_ms", "decode_ms_per_token", "peak_mem_mb", "repeats", "cv_prefill",
@@ -45,6 +45,11 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchResult:
+        """A result from a record that holds `to_dict`'s fields (a latency sample: other keys ignored)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def bench_subnet(model: str, subnet: dict[str, list[int]] | None, backend: str, *, prefill: int = 128,

@@ -17,6 +17,7 @@ from .fileio import append_jsonl, read_jsonl, write_text
 from .search import (
     COST_METRICS,
     LATENCY_METRICS,
+    EvalRecord,
     Objective,
     RunConfig,
     front_indices,
@@ -145,6 +146,12 @@ def pick(run: Run, rules: list[str], best: str) -> dict[str, Any]:
     """The record satisfying every rule (`metric OP expr`, where expr may use `base`, e.g.
     `decode_ms_per_token<=0.8*base`, `arc_easy.acc_norm>=base-0.01`) with the best `best` metric.
     `measured.<latency metric>` uses the measured value (records not measured are skipped)."""
+    return shortlist(run, rules, best, 1)[0]
+
+
+def shortlist(run: Run, rules: list[str], best: str, k: int) -> list[dict[str, Any]]:
+    """The `k` records satisfying every rule with the best `best` values, best first (see `pick`):
+    what to measure before choosing when `best` is a prediction."""
     base = run.base
     checks = []
     for rule in rules:
@@ -159,7 +166,7 @@ def pick(run: Run, rules: list[str], best: str) -> dict[str, Any]:
           and _has(r, metric_best)]
     if not ok:
         raise HwnasUserError(f"no evaluated sub-network satisfies {rules}")
-    return (max if goal_max else min)(ok, key=lambda r: run.value(r, metric_best))
+    return sorted(ok, key=lambda r: run.value(r, metric_best), reverse=goal_max)[:k]
 
 
 def parse_rule(rule: str) -> tuple[str, str, str]:
@@ -275,17 +282,18 @@ def _front_table(run: Run, front: list[dict[str, Any]], objs: list[Objective], o
     rows = ([run.base] if run.base and run.base not in front else []) + sorted(
         front, key=lambda r: run.value(r, objs[0].metric))
     for r in rows:
-        comp = Subnet.from_dict(r["subnet"]).compression
-        cells = [("base" if r.get("is_base") else str(r["index"])), str(len(r["subnet"]["layers"])),
-                 comp.summary() if comp else "fp32"]
+        rec = EvalRecord.from_dict(r)
+        sub = Subnet.from_dict(rec.subnet)
+        done = rec.latency_measured or {}
+        cells = [("base" if rec.is_base else str(rec.index)), str(sub.depth),
+                 sub.compression.summary() if sub.compression else "fp32"]
         cells += [_fmt(run.value(r, c)) for c in cols]
-        cells += [_fmt(r["latency_measured"][m]) if (r.get("latency_measured") or {}).get(m) else "-" for m in measured]
+        cells += [_fmt(done[m]) if done.get(m) else "-" for m in measured]
         if bw:
-            bound = roofline_decode_ms(r["costs"]["size_mb"] * 1e6, 1, bw)  # bytes of the stored weights
-            dec = (r.get("latency_measured") or {}).get(decode_key) or \
-                (r.get("latency_predicted") or {}).get(decode_key)
+            bound = roofline_decode_ms(rec.costs["size_mb"] * 1e6, 1, bw)  # bytes of the stored weights
+            dec = done.get(decode_key) or (rec.latency_predicted or {}).get(decode_key)
             cells.append(f"{bound:.1f}" + (f" ({bound / dec:.0%} of it)" if dec else ""))
-        cells.append("`" + json.dumps(r["subnet"], separators=(",", ":")) + "`")
+        cells.append("`" + json.dumps(rec.subnet, separators=(",", ":")) + "`")
         lines.append("| " + " | ".join(cells) + " |")
     path = out / "front.md"
     write_text(path, "\n".join(lines) + "\n")

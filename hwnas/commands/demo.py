@@ -235,13 +235,9 @@ def _demo(args: argparse.Namespace, out: Path, t_start: float) -> int:
 def _fit_sample(lm_dir: Path, subnet: dict, threads: int):
     """The latency fit's own measurement of `subnet` (it always measures the full model), if any:
     same bench path and settings, so the demo does not measure it twice."""
-    from types import SimpleNamespace
-
+    from ..bench import BenchResult
     from ..latency import measured_sample
     from ..subnet import Subnet
 
-    rec = measured_sample(lm_dir / "samples.jsonl", Subnet.from_dict(subnet),
-                          threads=threads)
-    if rec is None:
-        return None
-    return SimpleNamespace(**{k: rec[k] for k in ("prefill_ms", "decode_ms_per_token", "peak_mem_mb")})
+    rec = measured_sample(lm_dir / "samples.jsonl", Subnet.from_dict(subnet), threads=threads)
+    return None if rec is None else BenchResult.from_dict(rec)

@@ -18,6 +18,9 @@ from .scoring import LogLikelihood, Scorer, encode_requests
 from .tasks import DEFAULT_TASKS, Doc, TaskError, TaskSpec, parse_tasks, subsample
 
 RESULT_VERSION = 1
+# what `TaskResult.to_dict` says about how a task was scored (its settings, time and chosen metric),
+# not a score: a search record keeps every other field (`TaskResult.scores`)
+NOT_SCORES = ("metric", "seconds", "window", "stride")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,10 @@ class TaskResult:
             out["ppl"] = self.ppl
         out.update(metric=self.metric, seconds=round(self.seconds, 3))
         return out
+
+    def scores(self) -> dict[str, Any]:
+        """Every score of `to_dict` the task has (None left out): what a search record keeps."""
+        return {k: v for k, v in self.to_dict().items() if v is not None and k not in NOT_SCORES}
 
 
 @dataclass(frozen=True)

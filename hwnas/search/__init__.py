@@ -11,7 +11,8 @@ One module per job:
 
 - `config`: the run config (`RunConfig`, `Objective`, `LinasConfig`) and the metric names;
 - `encoding`: integer genes of a space (`Encoding`);
-- `store`: the results store (`ResultsStore`) and reading a record's metric (`metric_value`);
+- `store`: the results store (`ResultsStore`), one record of it (`EvalRecord`) and reading a record's
+  metric (`metric_value`);
 - `front`: budgets, the Pareto front (`front_indices`, the one the search and reports share) and
   hypervolume;
 - `cost`: exact parameter counts and weight sizes (`CostModel`);
@@ -41,7 +42,7 @@ from .cost import CostModel
 from .encoding import Encoding
 from .front import budget_slack, feasible, front_indices, hypervolume, objective_matrix, pareto_mask
 from .runner import ProgressFn, Search, SearchResult
-from .store import STORE_FILE, STORE_VERSION, ResultsStore, metric_value, record_values
+from .store import STORE_FILE, STORE_VERSION, EvalRecord, ResultsStore, metric_value, record_values
 
 
 def __getattr__(name: str) -> Any:
@@ -54,7 +55,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["ALGORITHMS", "CHANNEL_ORDERS", "COST_METRICS", "LATENCY_METRICS", "STORE_FILE", "STORE_VERSION",
-           "CostModel", "Encoding", "LinasConfig", "Objective", "PredictedProblem", "ProgressFn", "ResultsStore",
+           "CostModel", "Encoding", "EvalRecord", "LinasConfig", "Objective", "PredictedProblem", "ProgressFn", "ResultsStore",
            "RunConfig", "Search", "SearchResult", "budget_slack", "feasible", "front_indices", "hypervolume",
            "latency_target", "metric_value", "nsga2", "objective_matrix", "pareto_mask", "predicted_values",
            "record_values"]

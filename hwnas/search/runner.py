@@ -29,7 +29,7 @@ from .config import LATENCY_METRICS, Objective, RunConfig
 from .cost import CostModel
 from .encoding import Encoding
 from .front import budget_slack, feasible, front_indices, hypervolume, objective_matrix
-from .store import STORE_FILE, STORE_VERSION, ResultsStore, metric_value
+from .store import STORE_FILE, EvalRecord, ResultsStore, metric_value
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -156,37 +156,21 @@ class Search:
             model = simulate(self.sn.materialize(s, share_weights=True), s.compression, self.schemes)
             with torch.no_grad():
                 res = self.evaluator.evaluate(model)
-            metrics = {}
-            for name, tr in res.tasks.items():
-                d = tr.to_dict()
-                metrics[name] = {k: d[k] for k in ("acc", "acc_norm", "stderr", "ppl", "n", "tokens", "windows")
-                                 if d.get(k) is not None}
+            metrics = {name: tr.scores() for name, tr in res.tasks.items()}
             if self.metrics_cache is not None:
                 self.metrics_cache[s.key()] = metrics
         lat = {k: float(v[0]) for k, v in self.latency_of([s], every_target=True).items()}
-        rec = {
-            "version": STORE_VERSION,
-            "run_id": self.run_dir.name,
-            "index": len(self.store),
-            "round": round_,
-            "is_base": base,
-            "subnet": s.to_dict(),
-            "metrics": metrics,
-            "costs": self.costs.of_subnet(s),
-            "latency_predicted": lat,
-            "latency_measured": None,
-            "predicted": predicted or {},
-            "device_profile": ({n or "default": lm.profile_id for n, lm in self.latencies.items()}
-                               if len(self.latencies) > 1 else
-                               next((lm.profile_id for lm in self.latencies.values()), None)),
-            "seeds": {"run": self.cfg.seed, "eval": self.cfg.seed},
-            "versions": {"hwnas": __version__, "torch": torch.__version__,
-                         "transformers": dist_versions("transformers").get("transformers", "absent")},
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "eval_seconds": round(time.perf_counter() - t0, 3),
-            "cached": cached,
-        }
-        self.store.append(rec)
+        rec = self.store.append(EvalRecord(
+            run_id=self.run_dir.name, index=len(self.store), round=round_, is_base=base, subnet=s.to_dict(),
+            metrics=metrics, costs=self.costs.of_subnet(s), latency_predicted=lat, latency_measured=None,
+            predicted=predicted or {},
+            device_profile=({n or "default": lm.profile_id for n, lm in self.latencies.items()}
+                            if len(self.latencies) > 1 else next((lm.profile_id for lm in self.latencies.values()), None)),
+            seeds={"run": self.cfg.seed, "eval": self.cfg.seed},
+            versions={"hwnas": __version__, "torch": torch.__version__,
+                      "transformers": dist_versions("transformers").get("transformers", "absent")},
+            timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"), eval_seconds=round(time.perf_counter() - t0, 3),
+            cached=cached))
         self._report(round_)
         return rec
 
