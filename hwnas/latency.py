@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from . import metrics
 from .compression import Compression
 from .errors import HwnasUserError, is_int
 from .fileio import append_jsonl, read_jsonl, write_text, write_yaml
@@ -41,7 +42,7 @@ from .subnet import Subnet
 
 MODEL_VERSION = 1
 HEADER = "latency_model.yaml"
-TARGETS = ("prefill_ms", "decode_ms_per_token", "peak_mem_mb")
+TARGETS = metrics.names("measured")  # what a latency model predicts: every measured metric (`hwnas.metrics`)
 FEATURES = ("lut_sum", "lut_attn", "lut_mlp", "lut_head", "roof_bytes_ms", "roof_flops_ms", "weight_mb",
             "kv_mb", "depth", "width_mean", "width_min", "width_max", "width_std", "batch", "tokens", "context")
 MODES = ("ratio", "raw", "linear")
@@ -177,7 +178,7 @@ def plain(formats: Formats | None) -> bool:
 
 def phase_settings(target: str, prefill: int, decode: int, batch: int) -> tuple[str, int, int, int]:
     """(phase, tokens, context, batch) whose lookup-table entries describe a bench measurement."""
-    if target == "decode_ms_per_token":
+    if metrics.METRICS[target].phase == "decode":
         return "decode", 1, prefill + decode // 2, batch  # decode steps run at contexts prefill..prefill+decode
     return "prefill", prefill, 0, batch  # peak memory: prefill-time features (+ kv at that length)
 
@@ -337,7 +338,7 @@ class LatencyModel:
         """The plain lookup-table sums (the baseline the model improves on)."""
         keep, widths, formats = subnet_arrays(subnets, self.shape.num_layers, with_formats=True)
         out = {}
-        for t in ("prefill_ms", "decode_ms_per_token"):
+        for t in (t for t in TARGETS if metrics.METRICS[t].additive):
             phase, tokens, context, b = phase_settings(t, prefill, decode, batch)
             out[t] = self.features.build(keep, widths, phase, tokens, context, b, formats=formats)[:, 0]
         return out

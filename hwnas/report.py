@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from . import metrics
 from .errors import HwnasUserError, is_int
 from .fileio import append_jsonl, read_jsonl, write_text
 from .search import (
@@ -239,7 +240,11 @@ def write_report(run_dir: str | Path) -> list[Path]:
         if run.base:
             ax.scatter([run.value(run.base, cost) / scale], [run.value(run.base, acc.metric)], marker="*", s=220,
                        c="gold", edgecolors="k", label="base model", zorder=5)
-        ax.set_xlabel(cost + (" (M)" if scale != 1 else "") + (" (predicted)" if latency_target(cost) else ""))
+        declared = metrics.lookup(cost)  # its unit, and whether it is a prediction
+        notes = [f"{'M ' if scale != 1 else ''}{declared.unit if declared else ''}".strip(),
+                 "predicted" if latency_target(cost) else ""]
+        notes_text = ", ".join(n for n in notes if n)
+        ax.set_xlabel(cost + (f" ({notes_text})" if notes_text else ""))
         ax.set_ylabel(acc.metric)
         if acc.metric.endswith("ppl"):
             ax.set_yscale("log")

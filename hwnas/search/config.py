@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import metrics
 from ..errors import HwnasUserError, is_int, is_number
 
-COST_METRICS = ("params", "size_mb")
-LATENCY_METRICS = ("prefill_ms", "decode_ms_per_token", "peak_mem_mb")
+COST_METRICS = metrics.names("exact")  # ("params", "size_mb"): computed from the architecture
+LATENCY_METRICS = metrics.names("measured")  # ("prefill_ms", "decode_ms_per_token", "peak_mem_mb"): predicted
 
 
 def latency_target(metric: str) -> tuple[str, str] | None:
@@ -29,7 +30,11 @@ def latency_target(metric: str) -> tuple[str, str] | None:
 @dataclass(frozen=True)
 class Objective:
     metric: str  # "<task>.<metric>" | params | size_mb | prefill_ms | decode_ms_per_token | peak_mem_mb (@device)
-    goal: str = "min"  # min | max
+    goal: str | None = None  # min | max; None: the metric's declared goal (`hwnas.metrics`), else min
+
+    def __post_init__(self) -> None:
+        if self.goal is None:
+            object.__setattr__(self, "goal", metrics.default_goal(self.metric))
 
     @property
     def kind(self) -> str:
