@@ -101,8 +101,8 @@ def backend_formats(backend: str, wanted: list[str] | None = None) -> list[str]:
 
     from .export import FORMATS
 
-    avail = [n for n, f in FORMATS.items() if f.backend == backend
-             and all(importlib.util.find_spec(m) for m in f.requires)]
+    avail = sorted((n for n, f in FORMATS.items() if f.backend == backend  # the fp32 one first: the reference
+                    and all(importlib.util.find_spec(m) for m in f.requires)), key=lambda n: FORMATS[n].precision != "fp32")
     for f in wanted or []:
         if f not in avail:
             raise HwnasUserError(f"--formats: {f} is not an installed {backend} format; {backend} runs: "

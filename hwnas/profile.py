@@ -436,13 +436,14 @@ def _profile_networks(prof: DeviceProfile, out: Path, model: str, config: Any, g
                     done.add(_net_key(row))
             prof.header["device"] = res.device
             _write_networks(out, rows)
-        prof.rows = derive_rows(rows, grid, config)
-        prof.header["wall_s"] = round(float(prof.header.get("wall_s", 0.0)) + time.perf_counter() - t_start, 1)
+            rows = _read_networks(out)  # derive from what the file holds, so a re-run derives the same table
+            prof.rows = derive_rows(rows, grid, config)
+            prof.header["wall_s"] = round(float(prof.header.get("wall_s", 0.0)) + time.perf_counter() - t_start, 1)
+            prof.header["complete"] = all(
+                _net_key({"depth": d, "width": w, "format": f, **t}) in done for d, w, f in jobs for t in tasks)
+            prof.header["derived_from"] = NETWORKS_FILE
+            prof.save(out)
         t_start = time.perf_counter()
-        prof.header["complete"] = i + 1 == len(jobs) and all(
-            _net_key({"depth": d, "width": w, "format": f, **t}) in done for d, w, f in jobs for t in tasks)
-        prof.header["derived_from"] = NETWORKS_FILE
-        prof.save(out)
         if on_progress:
             on_progress(i + 1, len(jobs), f"network {depth} layers @{width}{'' if fmt == 'fp32' else ' ' + fmt}")
 

@@ -306,7 +306,8 @@ def test_profile_on_llamacpp_by_network_differences(tmp_path, monkeypatch):
     p = DeviceProfile.load(tmp_path / "prof")
     assert p.formats == ["fp32", "q8_0"] and p.lookup("head", "decode", format="q8_0") >= 0
     FeatureBuilder(p, Shape.of(tiny("llama").model.config), [128, 256])  # the latency model reads it like any profile
-    timed = (tmp_path / "prof" / NETWORKS_FILE).read_text()
+    timed, table = ((tmp_path / "prof" / f).read_text() for f in (NETWORKS_FILE, "lut.csv"))
     again = run_profile(str(folder), space, "llamacpp", tmp_path / "prof", grid=grid, config=fast, isolate=False)
     assert (tmp_path / "prof" / NETWORKS_FILE).read_text() == timed  # resumed: nothing timed again
+    assert (tmp_path / "prof" / "lut.csv").read_text() == table  # nor derived differently (a latency model keys on it)
     assert len(again.rows) == len(prof.rows)

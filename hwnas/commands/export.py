@@ -15,8 +15,8 @@ from . import (
 )
 
 NAME = "export"
-HELP = ("export a sub-network (hf, onnx, onnx-int8, openvino, openvino-int8, openvino-int4, gguf-f16, gguf-q8_0, "
-        "gguf-q4_k_m, bnb-int8, deepsparse)")
+HELP = ("export a sub-network (hf, onnx, onnx-int8, openvino, openvino-int8, openvino-int4, gguf, gguf-f16, "
+        "gguf-q8_0, gguf-q4_k_m, bnb-int8, deepsparse)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
