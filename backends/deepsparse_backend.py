@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import Backend, BackendConfig, Measurement, dist_versions
+from hwnas.measure.backend import Backend, BackendConfig, Measurement, dist_versions
 
 VERSION = "1.8.0"
 REQUIREMENTS = [f"deepsparse=={VERSION}", "onnx==1.14.1", "numpy<2"]
@@ -122,7 +122,7 @@ def _check_artifact(ctx: Any) -> None:
 
 
 def _write_artifact(ctx: Any) -> None:
-    from .graphs import build_module
+    from hwnas.measure.graphs import build_module
     from .onnx_export import export_onnx
 
     ctx.options["achieved_sparsity"] = magnitude_prune(ctx.model, float(ctx.options.get("sparsity", 0.7)))

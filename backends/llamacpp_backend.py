@@ -22,7 +22,7 @@ from typing import Any
 
 from hwnas.compression import Scheme
 
-from .base import Backend, BackendConfig, dist_versions
+from hwnas.measure.backend import Backend, BackendConfig, dist_versions
 
 FILE = "model.gguf"
 _LOAD_LOCK = threading.Lock()

@@ -210,7 +210,7 @@ def export_onnx(module: nn.Module, io: GraphIO, path: str | Path, *, with_past: 
     `external_data=True` keeps a composed graph's weights in `graph.onnx.data` (faster to write)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from .graphs import compose_enabled
+    from hwnas.measure.graphs import compose_enabled
 
     if compose_enabled(compose) and isinstance(module, CausalLMWithPast) and with_past and opset is None \
             and ir_version is None:
@@ -248,7 +248,7 @@ def convert_openvino(module: nn.Module, io: GraphIO, *, stateful: bool = True,
     fp32 is kept: pass the result to `save_openvino` (which does not compress to fp16) to write it."""
     import openvino as ov
 
-    from .graphs import compose_enabled
+    from hwnas.measure.graphs import compose_enabled
 
     if compose_enabled(compose) and isinstance(module, CausalLMWithPast):  # a whole model: composed ONNX
         from .onnx_compose import ComposeError, compose_onnx

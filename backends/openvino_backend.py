@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import Backend, BackendConfig, dist_versions
+from hwnas.measure.backend import Backend, BackendConfig, dist_versions
 
 
 @dataclass
@@ -22,7 +22,7 @@ class OpenVinoConfig(BackendConfig):
 
 def _write_ir(ctx: Any, compress: dict[str, Any] | None) -> None:
     """`openvino_stateful.xml/.bin`, weights compressed by NNCF with `compress` (None: fp32)."""
-    from .graphs import build_module
+    from hwnas.measure.graphs import build_module
     from .onnx_export import convert_openvino, save_openvino
 
     module, io = build_module(ctx.model, "model")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import Backend, BackendConfig, Measurement, dist_versions
+from hwnas.measure.backend import Backend, BackendConfig, Measurement, dist_versions
 
 
 @dataclass

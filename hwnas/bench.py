@@ -59,8 +59,8 @@ def bench_subnet(model: str, subnet: dict[str, list[int]] | None, backend: str, 
 
     `model` is an hwnas model spec; with `isolate=False` the measurement runs in this process and
     may reuse `loaded` (a LoadedModel) instead of loading the model again."""
-    from hwnas_backends.graphs import GraphSpec
-    from hwnas_backends.worker import Task, run_isolated, run_tasks
+    from hwnas.measure.graphs import GraphSpec
+    from hwnas.measure.worker import Task, run_isolated, run_tasks
 
     cfg = {**(config or {}), "threads": threads}
     spec = GraphSpec("model", model, subnet=subnet)
@@ -77,7 +77,7 @@ def bench_subnet(model: str, subnet: dict[str, list[int]] | None, backend: str, 
 
 
 def _reason(*ms: Any) -> str:
-    from hwnas_backends.base import LOAD_REASON
+    from hwnas.measure.backend import LOAD_REASON
 
     reasons = {m.flag_reason for m in ms if m.flagged}
     return LOAD_REASON if LOAD_REASON in reasons else ("noisy" if reasons else "")

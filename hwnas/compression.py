@@ -234,7 +234,7 @@ def check_formats(formats: Iterable[str], schemes: Mapping[str, Any], runtime: s
 
 def schemes_of(backend: str) -> dict[str, Scheme]:
     """The weight formats a backend plugin declares it runs (`Backend.WEIGHT_FORMATS`)."""
-    from hwnas_backends.base import backend_class
+    from hwnas.measure.backend import backend_class
 
     return dict(backend_class(backend).WEIGHT_FORMATS)
 

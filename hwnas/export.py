@@ -90,7 +90,7 @@ def _write_hf(ctx: ExportContext) -> None:
 def _register_plugin_formats() -> None:
     """The formats backend plugins declare themselves (`Backend.register_formats`), after the core's,
     plugin by plugin in `Backend.FORMAT_ORDER` (then name) order."""
-    from hwnas_backends.base import backend_class, backend_names
+    from hwnas.measure.backend import backend_class, backend_names
 
     def registrar(backend: str) -> Callable[..., None]:
         def register(name: str, description: str, precision: str, write: Callable[[ExportContext], None],
@@ -117,8 +117,8 @@ _register_plugin_formats()
 
 def open_runtime(art: Path, manifest: dict[str, Any], threads: int = 1):
     """The artifact's runtime plugin, prepared from its files (ready for `step`)."""
-    from hwnas_backends.base import backend_class
-    from hwnas_backends.graphs import build_module, graph_io
+    from hwnas.measure.backend import backend_class
+    from hwnas.measure.graphs import build_module, graph_io
 
     from .model import load_config
 
@@ -373,8 +373,8 @@ def measure_artifact(folder: Path, fmt: Format, *, prefill: int = 128, decode: i
     """Prefill / decode / peak memory of the artifact's own files on its backend, in a clean worker
     process that only loads and runs the artifact (so the peak RSS is the artifact's, not the
     exporting process's). `options`: backend config fields (e.g. `repeats`) on top of the format's."""
-    from hwnas_backends.graphs import GraphSpec
-    from hwnas_backends.worker import Task, run_isolated
+    from hwnas.measure.graphs import GraphSpec
+    from hwnas.measure.worker import Task, run_isolated
 
     spec = GraphSpec("model", str(folder))
     tasks = [Task("prefill", tokens=prefill), Task("decode", context=prefill, steps=decode)]

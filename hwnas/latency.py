@@ -439,7 +439,7 @@ def measure_samples(path: Path, subnets: Sequence[Subnet], profile: DeviceProfil
             if progress:
                 progress(done, todo)
     if busy:
-        from hwnas_backends.base import default_max_load
+        from hwnas.measure.backend import default_max_load
 
         from .bench import refuse_loaded
 

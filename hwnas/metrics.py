@@ -11,7 +11,7 @@ device profile, so a search record holds it predicted, and `--measure-front` mea
 Adding a measured metric: declare it here; the latency model then fits and predicts it, the search
 accepts it as an objective or budget (`name` and `name@device`), `--measure-front` and pick rules
 read it. How it is measured is still written where the figures are made: a field of the timing
-loop's `Measurement` (`hwnas_backends.base`) if the loop must produce it, the `BenchResult` field
+loop's `Measurement` (`hwnas.measure.backend`) if the loop must produce it, the `BenchResult` field
 and its value in `hwnas.bench.bench_subnet` (latency samples and `measured.jsonl` lines are
 `BenchResult`s), `hwnas.export.measure_artifact` for manifests, and the profile's CSV columns
 (`hwnas.profile.VALUE_COLUMNS`, kept explicit: they are a file format) if lookup-table rows carry it.

@@ -260,9 +260,9 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
                 config: dict[str, Any] | None = None, isolate: bool = True,
                 on_progress: Callable[[int, int, str], None] | None = None) -> DeviceProfile:
     """Sweep the grid on one backend into `out` (resuming rows already there)."""
-    from hwnas_backends.base import backend_class, default_max_load
-    from hwnas_backends.graphs import GraphSpec
-    from hwnas_backends.worker import Task, run_isolated, run_tasks
+    from hwnas.measure.backend import backend_class, default_max_load
+    from hwnas.measure.graphs import GraphSpec
+    from hwnas.measure.worker import Task, run_isolated, run_tasks
 
     from .compression import check_formats
     from .errors import BackendError
@@ -408,8 +408,8 @@ def _profile_networks(prof: DeviceProfile, out: Path, model: str, config: Any, g
                       backend_config: dict[str, Any], isolate: bool, loaded: Callable[[dict[str, Any]], bool],
                       on_progress: Callable[[int, int, str], None] | None) -> None:
     """Time the networks of `network_jobs` (resuming `networks.csv`) and derive the table."""
-    from hwnas_backends.graphs import GraphSpec
-    from hwnas_backends.worker import Task, run_isolated, run_tasks
+    from hwnas.measure.graphs import GraphSpec
+    from hwnas.measure.worker import Task, run_isolated, run_tasks
 
     from .compression import Compression
 

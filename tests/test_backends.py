@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from hwnas_backends.base import Backend, BackendConfig, Measurement, backend_class, backend_names, summarize
-from hwnas_backends.graphs import GraphSpec, build_module
-from hwnas_backends.worker import Task, run_isolated, run_tasks
+from hwnas.measure.backend import Backend, BackendConfig, Measurement, backend_class, backend_names, summarize
+from hwnas.measure.graphs import GraphSpec, build_module
+from hwnas.measure.worker import Task, run_isolated, run_tasks
 
 from hwnas.cli import main
 from hwnas.errors import BackendError
@@ -40,7 +40,7 @@ def _hetero(tiny_llama):
 
 def test_entry_points_list_without_importing_runtimes():
     assert {"torch", "onnxruntime", "openvino", "deepsparse"} <= set(backend_names())
-    code = ("import sys; from hwnas_backends.base import backend_names, backend_class; backend_names();"
+    code = ("import sys; from hwnas.measure.backend import backend_names, backend_class; backend_names();"
             "[backend_class(n).available() for n in backend_names()];"
             "print([m for m in ('onnxruntime', 'openvino', 'deepsparse', 'onnx') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

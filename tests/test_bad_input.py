@@ -457,7 +457,7 @@ def sandbox(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatc
 
 
 HEAVY = [  # bad input must be refused before any of these run (a row reaching one fails at once)
-    ("hwnas_backends.worker", "run_isolated"), ("hwnas_backends.worker", "run_tasks"),
+    ("hwnas.measure.worker", "run_isolated"), ("hwnas.measure.worker", "run_tasks"),
     ("hwnas.bench", "bench_subnet"), ("hwnas.latency", "check_same_device"), ("hwnas.latency", "measure_samples"),
     ("hwnas.evaluate.evaluator", "Evaluator.evaluate"), ("hwnas.search", "Search.run"), ("hwnas.export", "export"),
     ("hwnas.finetune", "finetune"), ("hwnas.model", "EmbeddedModel.locate"),

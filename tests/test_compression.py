@@ -98,7 +98,7 @@ def test_simulated_weights_equal_quantize_dynamic_and_the_plan_is_followed(tiny_
     """Every int8 weight the torch simulation uses is the one ORT's quantize_dynamic stores (value for
     value), and only the blocks the plan names are quantized."""
     import onnx
-    from hwnas_backends.graphs import build_module
+    from hwnas.measure.graphs import build_module
     from hwnas_backends.onnxruntime_backend import INT8, OnnxRuntimeBackend
     from onnx import numpy_helper
 
@@ -240,7 +240,7 @@ def test_joint_search_needs_a_runtime_that_runs_its_formats(tiny_llama, tmp_path
 
 
 def test_head_block_stores_a_tied_head_apart(tiny_llama):
-    from hwnas_backends.graphs import build_module
+    from hwnas.measure.graphs import build_module
 
     module, _ = build_module(tiny_llama.model, "head")
     assert module.lm_head.weight is not module.embed.weight
@@ -248,9 +248,9 @@ def test_head_block_stores_a_tied_head_apart(tiny_llama):
 
 
 def test_a_backend_refuses_formats_it_does_not_run():
-    from hwnas_backends.base import backend_class
-    from hwnas_backends.graphs import GraphSpec
-    from hwnas_backends.worker import check_weight_formats
+    from hwnas.measure.backend import backend_class
+    from hwnas.measure.graphs import GraphSpec
+    from hwnas.measure.worker import check_weight_formats
 
     from hwnas.errors import BackendError
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-import hwnas_backends.base as base
+import hwnas.measure.backend as base
 import pytest
 
 from hwnas.cli import main

@@ -10,7 +10,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from hwnas_backends import onnx_compose
-from hwnas_backends.graphs import build_module
+from hwnas.measure.graphs import build_module
 from hwnas_backends.onnx_export import export_onnx
 
 from hwnas.supernet import Supernet
@@ -120,8 +120,8 @@ def test_openvino_reads_the_composed_graph(tiny_llama) -> None:
 
 def test_driver_converts_and_the_worker_needs_no_model_config(tiny_model_dir, tmp_path, monkeypatch) -> None:
     """run_isolated composes the graph in the calling process; the worker reads graph_io.json."""
-    from hwnas_backends.graphs import GRAPH_IO_FILE, GraphSpec, graph_cache_dir
-    from hwnas_backends.worker import Task, run_isolated
+    from hwnas.measure.graphs import GRAPH_IO_FILE, GraphSpec, graph_cache_dir
+    from hwnas.measure.worker import Task, run_isolated
 
     spec = GraphSpec("model", str(tiny_model_dir), subnet={"layers": [0, 2], "mlp_widths": [256, 128]})
     res = run_isolated("onnxruntime", {"threads": 1}, spec, [Task("decode", context=4, steps=2)])

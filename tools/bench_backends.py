@@ -32,7 +32,7 @@ def main() -> int:
     ap.add_argument("--json-out", default=None, help="also write every BenchResult here")
     args = ap.parse_args()
 
-    from hwnas_backends.base import backend_class
+    from hwnas.measure.backend import backend_class
 
     from hwnas.bench import bench_subnet
 

@@ -38,8 +38,8 @@ def _load() -> str:
 def _first_run(model: str, subnet: dict, backend: str, cache: Path, compose: bool) -> tuple[float, float]:
     """Wall seconds from the sub-network JSON to the measuring worker holding the loaded graph (the
     first timed run starts then), and to the end of a short measurement."""
-    from hwnas_backends.graphs import GraphSpec
-    from hwnas_backends.worker import Task, run_isolated
+    from hwnas.measure.graphs import GraphSpec
+    from hwnas.measure.worker import Task, run_isolated
 
     env = {"HWNAS_GRAPH_CACHE": str(cache), "HWNAS_GRAPH_COMPOSE": "1" if compose else "0"}
     old = {k: os.environ.get(k) for k in env}
@@ -89,7 +89,7 @@ VARIANTS = (("composed", True, True), ("composed-inline", True, None), ("dynamo"
 
 def _workdirs(model: str, subnet: dict | None, root: Path) -> dict[str, Path]:
     """Both graphs of one sub-network for both backends: {variant: folder}."""
-    from hwnas_backends.graphs import GraphSpec, build
+    from hwnas.measure.graphs import GraphSpec, build
     from hwnas_backends.onnx_export import convert_openvino, export_onnx, save_openvino
 
     module, io = build(GraphSpec("model", model, subnet=subnet))
@@ -109,7 +109,7 @@ def _workdirs(model: str, subnet: dict | None, root: Path) -> dict[str, Path]:
 def _logit_diff(model: str, subnet: dict | None, dirs: dict[str, Path]) -> tuple[float, bool]:
     import numpy as np
     import onnxruntime as ort
-    from hwnas_backends.graphs import GraphSpec, graph_io_for
+    from hwnas.measure.graphs import GraphSpec, graph_io_for
 
     io = graph_io_for(GraphSpec("model", model, subnet=subnet))
     x = io.make_x(1, 16).numpy()
@@ -124,8 +124,8 @@ def _logit_diff(model: str, subnet: dict | None, dirs: dict[str, Path]) -> tuple
 
 
 def parity(args: argparse.Namespace) -> None:
-    from hwnas_backends.graphs import GraphSpec
-    from hwnas_backends.worker import Task, run_isolated
+    from hwnas.measure.graphs import GraphSpec
+    from hwnas.measure.worker import Task, run_isolated
 
     print(f"# {args.model}; other processes' load at start: {_load()}")
     tasks = [Task("prefill", tokens=128), Task("decode", context=128)]

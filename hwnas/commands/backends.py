@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hwnas_backends.base import backend_class, backend_names
+    from hwnas.measure.backend import backend_class, backend_names
 
     if args.setup:
         from ..errors import BackendError

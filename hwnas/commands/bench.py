@@ -32,7 +32,7 @@ def parse_options(items: list[str] | None) -> dict[str, object]:
 def backend_options(backend: str, items: list[str] | None, threads: int | None = None) -> dict[str, object]:
     """The --option KEY=VALUE of a command for `backend`, checked against the backend's config
     (unknown or mistyped keys, an unknown backend) before any work is done."""
-    from hwnas_backends.base import backend_class
+    from hwnas.measure.backend import backend_class
 
     cls = backend_class(backend)
     options = parse_options(items)
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                        batch=args.batch, threads=args.threads, config=options,
                        isolate=not args.in_process)
     if res.flag_reason == "load":
-        from hwnas_backends.base import default_max_load
+        from hwnas.measure.backend import default_max_load
 
         from ..bench import refuse_loaded
 
