@@ -123,6 +123,7 @@ def _check_artifact(ctx: Any) -> None:
 
 def _write_artifact(ctx: Any) -> None:
     from hwnas.measure.graphs import build_module
+
     from .onnx_export import export_onnx
 
     ctx.options["achieved_sparsity"] = magnitude_prune(ctx.model, float(ctx.options.get("sparsity", 0.7)))

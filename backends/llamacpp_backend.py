@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from hwnas.compression import Scheme
-
 from hwnas.measure.backend import Backend, BackendConfig, dist_versions
 
 FILE = "model.gguf"

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from hwnas.compression import PLAIN, Scheme, weight_plan
-
 from hwnas.measure.backend import Backend, BackendConfig, dist_versions
 
 # what `quantize_dynamic(weight_type=QInt8, per_channel=True)` stores: MatMul weights int8 symmetric
@@ -30,6 +29,7 @@ REQUIRES = ("onnxruntime", "onnx", "onnxscript")
 def _write_onnx(ctx: Any) -> None:
     """`graph.onnx`: fp32, or the weight formats `ctx.compression` gives each block."""
     from hwnas.measure.graphs import build_module
+
     from .onnx_export import export_onnx
 
     module, io = build_module(ctx.model, "model")

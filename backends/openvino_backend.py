@@ -23,6 +23,7 @@ class OpenVinoConfig(BackendConfig):
 def _write_ir(ctx: Any, compress: dict[str, Any] | None) -> None:
     """`openvino_stateful.xml/.bin`, weights compressed by NNCF with `compress` (None: fp32)."""
     from hwnas.measure.graphs import build_module
+
     from .onnx_export import convert_openvino, save_openvino
 
     module, io = build_module(ctx.model, "model")

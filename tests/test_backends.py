@@ -12,12 +12,12 @@ import time
 import numpy as np
 import pytest
 import torch
-from hwnas.measure.backend import Backend, BackendConfig, Measurement, backend_class, backend_names, summarize
-from hwnas.measure.graphs import GraphSpec, build_module
-from hwnas.measure.worker import Task, run_isolated, run_tasks
 
 from hwnas.cli import main
 from hwnas.errors import BackendError
+from hwnas.measure.backend import Backend, BackendConfig, Measurement, backend_class, backend_names, summarize
+from hwnas.measure.graphs import GraphSpec, build_module
+from hwnas.measure.worker import Task, run_isolated, run_tasks
 from hwnas.supernet import Supernet
 
 FAST = {"warmup": 1, "repeats": 3, "min_time_s": 0.0, "min_sample_ms": 0.5, "cv_threshold": 10.0}

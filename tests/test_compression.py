@@ -98,9 +98,10 @@ def test_simulated_weights_equal_quantize_dynamic_and_the_plan_is_followed(tiny_
     """Every int8 weight the torch simulation uses is the one ORT's quantize_dynamic stores (value for
     value), and only the blocks the plan names are quantized."""
     import onnx
-    from hwnas.measure.graphs import build_module
     from hwnas_backends.onnxruntime_backend import INT8, OnnxRuntimeBackend
     from onnx import numpy_helper
+
+    from hwnas.measure.graphs import build_module
 
     monkeypatch.setenv("HWNAS_GRAPH_CACHE", str(tmp_path / "graphs"))
     sn = Supernet(tiny_llama)
@@ -248,11 +249,10 @@ def test_head_block_stores_a_tied_head_apart(tiny_llama):
 
 
 def test_a_backend_refuses_formats_it_does_not_run():
+    from hwnas.errors import BackendError
     from hwnas.measure.backend import backend_class
     from hwnas.measure.graphs import GraphSpec
     from hwnas.measure.worker import check_weight_formats
-
-    from hwnas.errors import BackendError
 
     s = Subnet((0, 1), (64, 64), Compression.uniform("int8", 2))
     check_weight_formats(backend_class("onnxruntime"), GraphSpec("model", "tiny", subnet=s.to_dict()))

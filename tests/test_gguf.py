@@ -135,10 +135,9 @@ def test_bench_on_llamacpp(tmp_path, monkeypatch):
     r = bench_subnet(str(folder), HETERO, "llamacpp", prefill=16, decode=4, config={"repeats": 3})
     assert r.backend == "llamacpp" and r.prefill_ms > 0 and r.decode_ms_per_token > 0
     # the block graphs of a profile are refused in one line (whole networks only)
+    from hwnas.errors import BackendError
     from hwnas.measure.graphs import GraphSpec
     from hwnas.measure.worker import Task, run_tasks
-
-    from hwnas.errors import BackendError
 
     with pytest.raises(BackendError, match="whole networks only"):
         run_tasks("llamacpp", {}, GraphSpec("mlp", str(folder), width=128), [Task("prefill", tokens=4)],

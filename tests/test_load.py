@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 
-import hwnas.measure.backend as base
 import pytest
 
+import hwnas.measure.backend as base
 from hwnas.cli import main
 from hwnas.errors import HwnasUserError
 from hwnas.profile import DeviceProfile, OperatorGrid, run_profile

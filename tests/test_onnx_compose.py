@@ -10,9 +10,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from hwnas_backends import onnx_compose
-from hwnas.measure.graphs import build_module
 from hwnas_backends.onnx_export import export_onnx
 
+from hwnas.measure.graphs import build_module
 from hwnas.supernet import Supernet
 
 

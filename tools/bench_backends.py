@@ -32,9 +32,8 @@ def main() -> int:
     ap.add_argument("--json-out", default=None, help="also write every BenchResult here")
     args = ap.parse_args()
 
-    from hwnas.measure.backend import backend_class
-
     from hwnas.bench import bench_subnet
+    from hwnas.measure.backend import backend_class
 
     backends = []
     for b in args.backends:

@@ -89,8 +89,9 @@ VARIANTS = (("composed", True, True), ("composed-inline", True, None), ("dynamo"
 
 def _workdirs(model: str, subnet: dict | None, root: Path) -> dict[str, Path]:
     """Both graphs of one sub-network for both backends: {variant: folder}."""
-    from hwnas.measure.graphs import GraphSpec, build
     from hwnas_backends.onnx_export import convert_openvino, export_onnx, save_openvino
+
+    from hwnas.measure.graphs import GraphSpec, build
 
     module, io = build(GraphSpec("model", model, subnet=subnet))
     out = {}
@@ -109,6 +110,7 @@ def _workdirs(model: str, subnet: dict | None, root: Path) -> dict[str, Path]:
 def _logit_diff(model: str, subnet: dict | None, dirs: dict[str, Path]) -> tuple[float, bool]:
     import numpy as np
     import onnxruntime as ort
+
     from hwnas.measure.graphs import GraphSpec, graph_io_for
 
     io = graph_io_for(GraphSpec("model", model, subnet=subnet))

@@ -48,7 +48,7 @@ def graph_io(config, kind: str, n_layers: int) -> Any:
     """The GraphIO of a graph of this kind over a model with this config."""
     from hwnas.shape import ModelShape
 
-    from hwnas_backends.onnx_export import GraphIO
+    from .modules import GraphIO
 
     s = ModelShape.of(config)
     x_kind = "ids" if kind in ("model", "head") else "hidden"
@@ -61,7 +61,7 @@ def build_module(model: Any, kind: str, *, width: int | None = None, layer: int 
     """The module and GraphIO of one graph over an in-memory transformers model. `weights`: the
     format(s) the runtime stores its weights in (`hwnas.compression.weight_plan`; None: fp32), kept
     on the module as `module.weights` for the backend's `convert`."""
-    from hwnas_backends.onnx_export import AttentionBlock, CausalLMWithPast, HeadBlock, MLPBlock
+    from .modules import AttentionBlock, CausalLMWithPast, HeadBlock, MLPBlock
 
     layers = model.model.layers
     if kind == "model":
@@ -121,7 +121,7 @@ def graph_io_for(spec: GraphSpec, workdir: Any = None) -> Any:
     import json
     from pathlib import Path
 
-    from hwnas_backends.onnx_export import GraphIO
+    from .modules import GraphIO
 
     recorded = Path(workdir) / GRAPH_IO_FILE if workdir is not None else None
     if recorded is not None and recorded.is_file():
