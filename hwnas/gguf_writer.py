@@ -22,6 +22,7 @@ search's per-block formats, `Compression`); `roundtrip` gives the values llama.c
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -297,8 +298,6 @@ def write_gguf(model: Any, path: str | Path, vocab: list[tuple[str, Any, Any, An
     w.add_vocab_size(int(cfg.vocab_size))
     plan = block_formats(compression, n_layer) if compression is not None else {}
     if plan:
-        from collections import Counter
-
         common = Counter(plan.values()).most_common(1)[0][0]  # general.file_type is informative only
         w.add_file_type({"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "q8_0": LlamaFileType.MOSTLY_Q8_0,
                          "q5_0": LlamaFileType.MOSTLY_Q5_0, "q4_0": LlamaFileType.MOSTLY_Q4_0}[common])
@@ -358,8 +357,6 @@ def write_gguf(model: Any, path: str | Path, vocab: list[tuple[str, Any, Any, An
     w.close()
     out = {"architecture": arch, "layers": n_layer, "mlp_widths": widths, "dtype": dtype, "tied_head": tied}
     if plan:
-        from collections import Counter
-
         out["dtype"] = "per-block"
         out["tensor_types"] = dict(Counter(v for k, v in plan.items() if k != "output.weight" or not tied))
     return out

@@ -62,16 +62,19 @@ class OperatorGrid:
             del d["formats"]  # the identity profiles had before weight formats (they resume as before)
         return d
 
+    def tasks(self, context_dependent: bool = True) -> list[dict[str, int | str]]:
+        """The shapes one graph is timed at, as worker `Task` dicts (decode at context 0 only for
+        ops that do not read the cache)."""
+        out: list[dict[str, int | str]] = []
+        for b in self.batches:
+            out += [{"phase": "prefill", "tokens": t, "context": 0, "batch": b} for t in self.prefill_tokens]
+            contexts = self.decode_contexts if context_dependent else [0]
+            out += [{"phase": "decode", "tokens": 1, "context": c, "batch": b} for c in contexts]
+        return out
+
     def jobs(self) -> list[tuple[str, int, str, list[dict[str, int | str]]]]:
         """(op, width, format, tasks) per graph; a task is a worker `Task` as a dict."""
-        def tasks(context_dependent: bool) -> list[dict[str, int | str]]:
-            out: list[dict[str, int | str]] = []
-            for b in self.batches:
-                out += [{"phase": "prefill", "tokens": t, "context": 0, "batch": b} for t in self.prefill_tokens]
-                contexts = self.decode_contexts if context_dependent else [0]
-                out += [{"phase": "decode", "tokens": 1, "context": c, "batch": b} for c in contexts]
-            return out
-
+        tasks = self.tasks
         jobs = []
         for f in self.formats:
             jobs.append(("attention", 0, f, tasks(True)))
@@ -235,10 +238,15 @@ def _lut_row(raw: dict[str, Any], path: Path, line: int) -> dict[str, Any]:
 
 
 def write_lut(path: Path, rows: list[dict[str, Any]]) -> None:
+    _write_table(path, COLUMNS, rows, row_key)
+
+
+def _write_table(path: Path, columns: Iterable[str], rows: list[dict[str, Any]], key: Callable[[dict], tuple]) -> None:
+    """Named-column CSV, rows sorted by `key`, floats to 4 decimals, written atomically."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
-    for r in sorted(rows, key=row_key):
+    for r in sorted(rows, key=key):
         w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
     write_text(path, buf.getvalue())
 
@@ -365,14 +373,6 @@ def network_depths(num_layers: int) -> tuple[int, int]:
     return max(1, d2 // 4), d2
 
 
-def _network_tasks(grid: OperatorGrid) -> list[dict[str, int | str]]:
-    out: list[dict[str, int | str]] = []
-    for b in grid.batches:
-        out += [{"phase": "prefill", "tokens": t, "context": 0, "batch": b} for t in grid.prefill_tokens]
-        out += [{"phase": "decode", "tokens": 1, "context": c, "batch": b} for c in grid.decode_contexts]
-    return out
-
-
 def _net_key(row: dict[str, Any]) -> tuple:
     return tuple(str(row[c]) if c in ("phase", "format") else int(row[c]) for c in NET_KEY_COLUMNS)
 
@@ -396,12 +396,7 @@ def _read_networks(out: Path) -> list[dict[str, Any]]:
 
 
 def _write_networks(out: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(NET_KEY_COLUMNS + VALUE_COLUMNS), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in sorted(rows, key=_net_key):
-        w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
-    write_text(out / NETWORKS_FILE, buf.getvalue())
+    _write_table(out / NETWORKS_FILE, NET_KEY_COLUMNS + VALUE_COLUMNS, rows, _net_key)
 
 
 def _profile_networks(prof: DeviceProfile, out: Path, model: str, config: Any, grid: OperatorGrid, backend: str,
@@ -416,7 +411,7 @@ def _profile_networks(prof: DeviceProfile, out: Path, model: str, config: Any, g
     rows = _read_networks(out)
     done = {_net_key(r) for r in rows if not loaded(r)}
     jobs = network_jobs(grid, config)
-    tasks = _network_tasks(grid)
+    tasks = grid.tasks()
     t_start = time.perf_counter()
     for i, (depth, width, fmt) in enumerate(jobs):
         todo = [t for t in tasks if _net_key({"depth": depth, "width": width, "format": fmt, **t}) not in done]
@@ -461,7 +456,7 @@ def derive_rows(networks: list[dict[str, Any]], grid: OperatorGrid, config: Any)
     out: list[dict[str, Any]] = []
     for fmt in grid.formats:
         per_shape = []
-        for t in _network_tasks(grid):
+        for t in grid.tasks():
             def get(depth: int, width: int, _t: dict[str, Any] = t, _f: str = fmt) -> dict[str, Any] | None:
                 return by.get(_net_key({"depth": depth, "width": width, "format": _f, **_t}))
 

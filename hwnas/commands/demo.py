@@ -236,7 +236,7 @@ def _pick_measured(run_, short: list[dict], sn, args: argparse.Namespace) -> tup
 
     from ..bench import bench_subnet
 
-    subs = {sn.parse_subnet(r["subnet"]).key(): (r, sn.parse_subnet(r["subnet"])) for r in short}
+    subs = {s.key(): (r, s) for r, s in ((r, sn.parse_subnet(r["subnet"])) for r in short)}
     runs: dict[str, list] = {k: [] for k in subs}
     rng = random.Random(0)
     for _ in range(PICK_ROUNDS):
