@@ -18,6 +18,9 @@ __version__ = "0.1.0"
 
 
 def _register() -> None:
+    modeling = sys.modules.get(__name__ + ".modeling")
+    if modeling is not None and not hasattr(modeling, "register_with_transformers"):
+        return  # transformers imported by hwnas.modeling itself: it registers when it finishes loading
     from .modeling import register_with_transformers
 
     register_with_transformers()

@@ -19,7 +19,6 @@ docs/formats.md; re-running reuses finished exports and scores.
 from __future__ import annotations
 
 import math
-import random
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .bench import interleaved, ratio_spread
 from .errors import HwnasUserError
 from .subnet import Subnet
 
@@ -151,10 +151,6 @@ def heldout_windows(tokenizer: Any, n: int, length: int, data_dir: Any = None) -
     return [ids[i * length:(i + 1) * length] for i in range(n)]
 
 
-def _spread(xs: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(xs), 4), "lo": round(min(xs), 4), "hi": round(max(xs), 4)}
-
-
 def run_baselines(sn: Any, backend: str, out: str | Path, *, formats: list[str] | None = None,
                   widths: list[int] = (1280, 1024, 768), drops: list[int] = (2, 4, 6),
                   compare: list[str | Path] = (), rounds: int = 3, ppl_windows: int = 2, ppl_window: int = 256,
@@ -222,18 +218,17 @@ def run_baselines(sn: Any, backend: str, out: str | Path, *, formats: list[str] 
             p.ppl_torch = torch_perplexity(sn.materialize(Subnet.from_dict(m["subnet"]), share_weights=True),
                                            windows)
             points.append(p)
-        rng = random.Random(seed)
-        for rnd in range(rounds):
-            order = list(points)
-            rng.shuffle(order)
-            for i, p in enumerate(order):
-                say(f"round {rnd + 1}/{rounds}: measuring {p.label} ({i + 1}/{len(order)})")
-                ms = measure_artifact(Path(p.folder), FORMATS[p.format], prefill=prefill, decode=decode,
-                                      threads=threads, options={"repeats": repeats} if repeats else None)
-                p.prefill_ms.append(ms["prefill_ms"])
-                p.decode_ms.append(ms["decode_ms_per_token"])
-                p.peak_mb.append(ms["peak_mem_mb"])
-                p.loads.append(ms["load"])
+        def measure(i: int, rnd: int) -> None:
+            p = points[i]
+            say(f"round {rnd + 1}/{rounds}: measuring {p.label}")
+            ms = measure_artifact(Path(p.folder), FORMATS[p.format], prefill=prefill, decode=decode,
+                                  threads=threads, options={"repeats": repeats} if repeats else None)
+            p.prefill_ms.append(ms["prefill_ms"])
+            p.decode_ms.append(ms["decode_ms_per_token"])
+            p.peak_mb.append(ms["peak_mem_mb"])
+            p.loads.append(ms["load"])
+
+        interleaved(range(len(points)), rounds, measure, seed=seed)
         _compare(points, formats[0], ppl_tolerance)
         result = _result(sn, backend, points, windows, rounds, prefill, decode, threads, repeats, partial=False)
         result["ppl_tolerance"] = ppl_tolerance
@@ -247,8 +242,8 @@ def _compare(points: list[Point], reference_format: str, tol: float) -> None:
     at least as accurate (ppl within `tol`) and faster in every round (so not within the noise)."""
     ref = next(p for p in points if p.kind == "base" and p.format == reference_format)
     for p in points:
-        p.decode_speedup = _spread([b / a for a, b in zip(p.decode_ms, ref.decode_ms)])
-        p.prefill_speedup = _spread([b / a for a, b in zip(p.prefill_ms, ref.prefill_ms)])
+        p.decode_speedup = ratio_spread([b / a for a, b in zip(p.decode_ms, ref.decode_ms)])
+        p.prefill_speedup = ratio_spread([b / a for a, b in zip(p.prefill_ms, ref.prefill_ms)])
     for a in points:
         for b in points:
             if a is b or b.kind == "compare" and a.kind == "compare":

@@ -373,13 +373,16 @@ def measure_artifact(folder: Path, fmt: Format, *, prefill: int = 128, decode: i
     """Prefill / decode / peak memory of the artifact's own files on its backend, in a clean worker
     process that only loads and runs the artifact (so the peak RSS is the artifact's, not the
     exporting process's). `options`: backend config fields (e.g. `repeats`) on top of the format's."""
+    from hwnas.measure.backend import backend_class, speed_probe
     from hwnas.measure.graphs import GraphSpec
-    from hwnas.measure.worker import Task, run_isolated
+    from hwnas.measure.worker import run_isolated
+
+    from .bench import bench_tasks
 
     spec = GraphSpec("model", str(folder))
-    tasks = [Task("prefill", tokens=prefill), Task("decode", context=prefill, steps=decode)]
-    res = run_isolated(fmt.backend, {"threads": threads, **fmt.backend_config, **(options or {})}, spec, tasks,
-                       workdir=folder)
+    config = {"threads": threads, **fmt.backend_config, **(options or {})}
+    probe = speed_probe(threads, pin=backend_class(fmt.backend).CONFIG.from_dict(config).pin)
+    res = run_isolated(fmt.backend, config, spec, bench_tasks(prefill, decode), workdir=folder)
     p, d = res.measurements
     peak = max(p.peak_mem_mb, d.peak_mem_mb, res.peak_mem_mb)
     baseline = res.extra.get("baseline_mb")
@@ -390,7 +393,7 @@ def measure_artifact(folder: Path, fmt: Format, *, prefill: int = 128, decode: i
             "process_baseline_mb": baseline, "artifact_mem_mb": round(peak - baseline, 1) if baseline else None,
             "cv_prefill": round(p.cv, 4), "cv_decode": round(d.cv, 4), "repeats": min(p.repeats, d.repeats),
             "prefill_tokens": prefill, "decode_tokens": decode, "threads": threads, "device": res.device,
-            "load": round(max(p.load, d.load), 3),
+            "load": round(max(p.load, d.load), 3), "probe": probe,
             "flagged": next((m.flag_reason for m in (p, d) if m.flag_reason == "load"), None)
             or next((m.flag_reason for m in (p, d) if m.flagged), None)}
 

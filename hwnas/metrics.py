@@ -35,6 +35,10 @@ class Metric:
     phase: str = "prefill"
     # measured metrics: the sum of the profile's per-block figures estimates it (a time; not a peak)
     additive: bool = False
+    # measured times: the speed probe figure (`hwnas.fingerprint.measure_roofline`) it is taken to
+    # scale inversely with, so a measurement made at another machine speed is normalized to the
+    # profile's (`hwnas.latency.speed_factors`); "" for what does not scale with speed
+    speed: str = ""
 
     def __post_init__(self) -> None:
         if self.goal not in ("min", "max") or self.kind not in KINDS or self.phase not in ("prefill", "decode"):
@@ -53,10 +57,11 @@ def register(metric: Metric) -> Metric:
 
 
 register(Metric("prefill_ms", "ms", "min", "measured",
-                "a prefill of the prompt from an empty cache, median over repeats", phase="prefill", additive=True))
+                "a prefill of the prompt from an empty cache, median over repeats", phase="prefill", additive=True,
+                speed="peak_gflops"))
 register(Metric("decode_ms_per_token", "ms/token", "min", "measured",
                 "one decoded token with the KV cache after the prompt, median over repeats", phase="decode",
-                additive=True))
+                additive=True, speed="bandwidth_gbs"))
 register(Metric("peak_mem_mb", "MB", "min", "measured",
                 "peak resident memory of the process while timing (CUDA: peak allocated)"))
 register(Metric("params", "parameters", "min", "exact", "parameters of the sub-network"))

@@ -244,3 +244,5 @@ __all__ = [
     "register_with_transformers",
     "state_dict_bytes",
 ]
+
+register_with_transformers()  # idempotent; covers `import hwnas.modeling` being what imported transformers

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics
+from .bench import ratio_spread
 from .errors import HwnasUserError, is_int
 from .fileio import append_jsonl, read_jsonl, write_text
 from .search import (
@@ -54,10 +55,7 @@ class Run:
         records = ResultsStore(store).records
         for r in records:
             _check_record(r, cfg, store)
-        measured = _read_measured(run_dir / MEASURED)
-        for r in records:  # the store is append-only: measurements made later are merged in on load
-            for m in measured.get(_key(r["subnet"]), {}).values():
-                _merge_measured(r, m)
+        _merge_all(records, _read_measured(run_dir / MEASURED))
         return cls(run_dir, cfg, records)
 
     @property
@@ -94,29 +92,56 @@ def _key(subnet: dict[str, Any]) -> str:
     return Subnet.from_dict(subnet).key()
 
 
-def _merge_measured(rec: dict[str, Any], m: dict[str, Any]) -> None:
-    """Put one measured.jsonl line into a record's `latency_measured` (`target@device` with several devices)."""
-    suffix = f"@{m['latency_device']}" if m.get("latency_device") else ""
-    rec["latency_measured"] = {**(rec.get("latency_measured") or {}), **{t + suffix: m[t] for t in LATENCY_METRICS}}
+def _merge_measured(rec: dict[str, Any], lines: list[dict[str, Any]], base: list[dict[str, Any]] | None) -> None:
+    """Put one sub-network's measured.jsonl lines on one device (one per interleaved round) into its
+    record: `latency_measured` (`target@device` with several devices) holds the median over rounds,
+    `measured_speedup` each timed target's speed-up over the base measured in the same rounds
+    (median and range of the per-round ratios: a range across 1 is within the noise)."""
+    suffix = f"@{lines[0]['latency_device']}" if lines[0].get("latency_device") else ""
+    have = [t for t in LATENCY_METRICS if all(_number(m.get(t)) for m in lines)]  # a metric declared later: absent
+    rec["latency_measured"] = {**(rec.get("latency_measured") or {}),
+                               **{t + suffix: float(np.median([m[t] for m in lines])) for t in have}}
+    by_round = {m.get("round", 0): m for m in base or ()}
+    pairs = [(by_round[m.get("round", 0)], m) for m in lines if m.get("round", 0) in by_round]
+    if pairs and not rec.get("is_base"):
+        rec["measured_speedup"] = {**(rec.get("measured_speedup") or {}), **{
+            t + suffix: ratio_spread([b[t] / m[t] for b, m in pairs])
+            for t in have if metrics.METRICS[t].additive and all(_number(b.get(t)) and m[t] > 0 for b, m in pairs)}}
 
 
-def _read_measured(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """subnet key -> device name ("" for a run's single latency model) -> measurement."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _read_measured(path: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """subnet key -> device name ("" for a run's single latency model) -> its measurements (rounds)."""
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for rec in read_jsonl(path):  # a line cut by a kill is skipped: that measurement is redone
-        if not all(isinstance(rec.get(t), (int, float)) and not isinstance(rec.get(t), bool) for t in LATENCY_METRICS):
-            raise HwnasUserError(f"{path}: a measurement without numbers for {', '.join(LATENCY_METRICS)}; "
+        if not any(_number(rec.get(t)) for t in LATENCY_METRICS):
+            raise HwnasUserError(f"{path}: a measurement without a number for any of {', '.join(LATENCY_METRICS)}; "
                                  "remove that line and measure again (--measure-front)")
         out.setdefault(Subnet.from_dict(rec.get("subnet"), source=f"{path}: record").key(),
-                       {})[rec.get("latency_device", "")] = rec
+                       {}).setdefault(rec.get("latency_device", ""), []).append(rec)
     return out
 
 
-def measure_front(run: Run, *, threads: int = 1, progress: Any = None) -> int:
+def _merge_all(records: list[dict[str, Any]], measured: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    base = next((r for r in records if r.get("is_base")), None)
+    base_lines = measured.get(_key(base["subnet"]), {}) if base else {}
+    for r in records:  # the store is append-only: measurements made later are merged in on load
+        for device, lines in measured.get(_key(r["subnet"]), {}).items():
+            _merge_measured(r, lines, base_lines.get(device))
+
+
+MEASURE_ROUNDS = 3  # --measure-front: interleaved rounds of the base and the front
+
+
+def measure_front(run: Run, *, threads: int = 1, rounds: int = MEASURE_ROUNDS, progress: Any = None) -> int:
     """Measure the base and every front sub-network with `bench` on each latency model's backend
-    and the run's settings, appending to RUN_DIR/measured.jsonl (resumable); returns how many
-    measurements were made."""
-    from .bench import bench_subnet
+    and the run's settings, `rounds` times interleaved (every one once per round, in a shuffled
+    order, each in a clean worker), appending to RUN_DIR/measured.jsonl (one line per measurement,
+    resumable); returns how many measurements were made."""
+    from .bench import bench_subnet, interleaved
 
     sources = run.config.latency_sources()
     if not sources:
@@ -127,20 +152,29 @@ def measure_front(run: Run, *, threads: int = 1, progress: Any = None) -> int:
     path = run.run_dir / MEASURED
     done = _read_measured(path)
     front = list({_key(r["subnet"]): r for r in ([run.base] if run.base else []) + run.front()}.values())
-    todo = [(d, folder, r) for d, folder in sources.items() for r in front if d not in done.get(_key(r["subnet"]), {})]
-    for i, (device, folder, r) in enumerate(todo):
-        if progress:
-            progress(i, len(todo))
+    jobs = [(d, folder, r) for d, folder in sources.items() for r in front]
+    made = 0
+
+    def have(i: int, rnd: int) -> bool:
+        d, _, r = jobs[i]
+        return len(done.get(_key(r["subnet"]), {}).get(d, [])) > rnd
+
+    def measure(i: int, rnd: int) -> None:
+        nonlocal made
+        device, folder, r = jobs[i]
         header = yaml.safe_load((Path(folder) / "latency_model.yaml").read_text()) or {}
         b = bench_subnet(run.config.model, None if r.get("is_base") else r["subnet"], header["backend"],
                          prefill=lat.get("prefill", 128), decode=lat.get("decode", 32), batch=lat.get("batch", 1),
                          threads=threads)
-        line = {"version": 1, "index": r["index"], **b.to_dict(), "latency_device": device, "subnet": r["subnet"]}
+        line = {"version": 1, "index": r["index"], "round": rnd, **b.to_dict(), "latency_device": device,
+                "subnet": r["subnet"]}
         append_jsonl(path, line)
-        _merge_measured(r, line)
-    if progress:
-        progress(len(todo), len(todo))
-    return len(todo)
+        done.setdefault(_key(r["subnet"]), {}).setdefault(device, []).append(line)
+        made += 1
+
+    interleaved(range(len(jobs)), rounds, measure, done=have, progress=progress)
+    _merge_all(run.records, done)
+    return made
 
 
 def pick(run: Run, rules: list[str], best: str) -> dict[str, Any]:
@@ -280,8 +314,9 @@ def _front_table(run: Run, front: list[dict[str, Any]], objs: list[Objective], o
              f"{len(run.records)} real evaluations; objectives: "
              + ", ".join(f"{o.metric} ({o.goal})" for o in objs), ""]
     measured = sorted({m for r in run.records for m in (r.get("latency_measured") or {}) if latency_target(m)})
-    header = ["#", "depth", "weights", *cols, *(f"measured {m}" for m in measured), "roofline decode ms" if bw else None,
-              "subnet"]
+    speedups = sorted({m for r in run.records for m in (r.get("measured_speedup") or {})})
+    header = ["#", "depth", "weights", *cols, *(f"measured {m}" for m in measured),
+              *(f"{m} speed-up vs base (rounds)" for m in speedups), "roofline decode ms" if bw else None, "subnet"]
     header = [h for h in header if h]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = ([run.base] if run.base and run.base not in front else []) + sorted(
@@ -294,6 +329,8 @@ def _front_table(run: Run, front: list[dict[str, Any]], objs: list[Objective], o
                  sub.compression.summary() if sub.compression else "fp32"]
         cells += [_fmt(run.value(r, c)) for c in cols]
         cells += [_fmt(done[m]) if done.get(m) else "-" for m in measured]
+        up = r.get("measured_speedup") or {}
+        cells += [f"{up[m]['median']:.3f}x ({up[m]['lo']:.3f}-{up[m]['hi']:.3f})" if m in up else "-" for m in speedups]
         if bw:
             bound = roofline_decode_ms(rec.costs["size_mb"] * 1e6, 1, bw)  # bytes of the stored weights
             dec = done.get(decode_key) or (rec.latency_predicted or {}).get(decode_key)

@@ -112,6 +112,13 @@ def test_isolated_worker_and_converted_graph_reuse(tiny_model_dir, tmp_path):
     res = run_isolated("onnxruntime", FAST, spec, [Task("prefill", tokens=8), Task("decode", context=8, steps=2)])
     assert res.measurements[1].context == 8 and res.device.startswith("cpu")
     assert list((tmp_path / "graphs").glob("model-*/graph.onnx"))  # converted once, reused next time
+    assert all(m.min_ms <= m.p10_ms <= m.median_ms <= m.p90_ms for m in res.measurements)
+    assert len(res.measurements[0].samples_ms) == res.measurements[0].repeats  # the worker sends its repeats
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) > 1:  # placement options reach the worker
+        pinned = run_isolated("onnxruntime", {**FAST, "pin": True, "hugepages": True}, spec, [Task("prefill", tokens=8)])
+        assert pinned.extra["cpus"] == sorted(os.sched_getaffinity(0))[-1:]
+        assert "glibc.malloc.hugetlb=1" in pinned.extra["glibc_tunables"]
+        assert res.extra["cpus"] == sorted(os.sched_getaffinity(0)) and not res.extra["glibc_tunables"]
 
 
 def test_noisy_measurement_is_repeated_and_flagged():
@@ -204,3 +211,18 @@ def test_import_hwnas_is_cheap_and_still_registers_with_transformers() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "hwnas_llama"
+
+
+def test_a_module_that_imports_transformers_first_still_registers() -> None:
+    """`import hwnas` then a module whose own import pulls in transformers (hwnas.latency ->
+    hwnas.modeling): the post-import hook must not re-enter the half-loaded hwnas.modeling
+    (it did: ImportError in tools/bench_latency.py), and the classes end up registered."""
+    import subprocess
+    import sys
+
+    code = ("import hwnas\nimport hwnas.latency\n"
+            "from transformers import AutoConfig\n"
+            "print(AutoConfig.for_model('hwnas_qwen2').model_type)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "hwnas_qwen2"

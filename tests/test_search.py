@@ -160,19 +160,27 @@ def test_measured_front_is_merged_plotted_and_pickable(tiny_llama, tmp_path, tex
     monkeypatch.setattr(hwnas.bench, "bench_subnet", fake_bench)
     run = Run.load(tmp_path / "m")
     run.config.latency_model = str(lm)
-    n = measure_front(run)
-    assert n == len({json.dumps(r["subnet"], sort_keys=True) for r in [run.base, *run.front()]})
+    n = measure_front(run, rounds=2)
+    distinct = len({json.dumps(r["subnet"], sort_keys=True) for r in [run.base, *run.front()]})
+    assert n == 2 * distinct
     assert calls[0][1:] == ("torch", 128, 32)
-    assert measure_front(run) == 0  # resumable: nothing measured twice
-    lines = (tmp_path / "m" / MEASURED).read_text().splitlines()
-    assert len(lines) == n
+    assert measure_front(run, rounds=2) == 0  # resumable: nothing measured twice
+    lines = [json.loads(x) for x in (tmp_path / "m" / MEASURED).read_text().splitlines()]
+    assert len(lines) == n and sorted({x["round"] for x in lines}) == [0, 1]
+    # interleaved: every sub-network's first round comes before any second round
+    assert all(x["round"] == 0 for x in lines[:distinct]) and all(x["round"] == 1 for x in lines[distinct:])
     again = Run.load(tmp_path / "m")
     measured = [r for r in again.records if r.get("latency_measured")]
-    assert len(measured) == n and again.base["latency_measured"]["decode_ms_per_token"] == 10.0
+    assert len(measured) == distinct and again.base["latency_measured"]["decode_ms_per_token"] == 10.0
+    for r in measured:  # the speed-up over the base of the same rounds (fake_bench: base / this one)
+        if not r.get("is_base"):
+            want = 10.0 / r["latency_measured"]["decode_ms_per_token"]
+            assert r["measured_speedup"]["decode_ms_per_token"]["median"] == pytest.approx(want, rel=1e-3)
     rec = pick(again, ["measured.decode_ms_per_token<=0.99*base"], "measured.decode_ms_per_token")
     assert rec in measured and not rec.get("is_base")
     write_report(tmp_path / "m")
-    assert "measured decode_ms_per_token" in (tmp_path / "m" / "report" / "front.md").read_text()
+    front_md = (tmp_path / "m" / "report" / "front.md").read_text()
+    assert "measured decode_ms_per_token" in front_md and "speed-up vs base (rounds)" in front_md
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 prediction throughput.
 
     python tools/bench_latency.py --latency-model LM_DIR [--n 30] [--rounds 1] [--throughput 100000]
+                                  [--condition hog|share --copy-to DIR]
     python tools/bench_latency.py --noise PROFILE_DIR [--n 6] [--rounds 3] [--subnets S.json] [--out F]
 
 Validation measures fresh random sub-networks of the default space with `hwnas bench`'s path (kept in
@@ -16,10 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 import hwnas  # noqa: F401
 from hwnas.cli import quiet_libraries
@@ -87,6 +91,14 @@ def main() -> None:
     ap.add_argument("--skip-speed-check", action="store_true",
                     help="validation: measure even if the machine is off the profile's speed (--noise only reports it)")
     ap.add_argument("--throughput", type=int, default=100_000)
+    ap.add_argument("--condition", choices=["hog", "share"],
+                    help="validate under a condition of tools/bench_noise.py, the load check lifted: hog (a "
+                         "memory-bandwidth hog on CPU 0) or share (a spinner on the measuring core; needs the "
+                         "worker pinned: adds --option pin): a model fitted quiet, predicting another machine "
+                         "speed (with and without the speed normalization); use --copy-to so the quiet "
+                         "validation.jsonl is not reused")
+    ap.add_argument("--copy-to", help="validate a copy of the latency model and its profile made here "
+                                      "(a second condition gets its own validation.jsonl)")
     args = ap.parse_args()
     quiet_libraries()
     space = SearchSpace.packaged("smollm2-135m", num_layers=30, intermediate_size=1536)
@@ -97,14 +109,34 @@ def main() -> None:
         return
     if not args.latency_model:
         ap.error("give --latency-model or --noise")
+    if args.copy_to:
+        lm_dir = Path(args.latency_model).resolve()
+        prof_dir = (lm_dir / (yaml.safe_load((lm_dir / "latency_model.yaml").read_text())["profile_path"])).resolve()
+        dest = Path(args.copy_to)
+        if not (dest / "lm").is_dir():
+            shutil.copytree(prof_dir, dest / "profile")
+            shutil.copytree(lm_dir, dest / "lm", ignore=shutil.ignore_patterns("validation.jsonl"))
+            hdr = yaml.safe_load((dest / "lm" / "latency_model.yaml").read_text())
+            hdr["profile_path"] = "../profile"
+            (dest / "lm" / "latency_model.yaml").write_text(yaml.safe_dump(hdr, sort_keys=False))
+        args.latency_model = str(dest / "lm")
     lm = LatencyModel.load(args.latency_model)
     h = lm.header
     print(f"latency model {args.latency_model}: backend {h['backend']}, device {h['device_slug']}, "
           f"{h['samples']} training sub-networks, targets "
           + ", ".join(f"{t} ({v['mode']}; CV MAPE " + " / ".join(f"{m} {e:.1%}" for m, e in v["cv_mape"].items()) + ")"
                       for t, v in h["targets"].items()))
-    rep = validate(lm, space, n=args.n or 30, seed=args.seed, rounds=args.rounds,
-                   speed_check=not args.skip_speed_check)
+    cond = nullcontext()
+    if args.condition:
+        from bench_noise import condition
+
+        os.environ["HWNAS_MAX_LOAD"] = "4"  # the other load is the point: measure through it
+        cond = condition(args.condition)
+    with cond:
+        rep = validate(lm, space, n=args.n or 30, seed=args.seed, rounds=args.rounds,
+                       speed_check=not args.skip_speed_check)
+    if rep.get("speed_factor"):
+        print(f"median speed factor (probe / profile's): {rep['speed_factor']}")
     print(f"{rep['n']} held-out sub-networks (never trained on), measured on {rep['backend']} "
           f"(prefill {h['bench']['prefill']} tokens, decode {h['bench']['decode']} tokens, batch {h['bench']['batch']}; "
           f"median of {rep['rounds']} round(s); speed check {rep['speed_check']}):")

@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill", type=positive_int, default=128)
     p.add_argument("--decode", type=positive_int, default=32)
     p.add_argument("--repeats", type=positive_int, default=None,
-                   help="timed repeats per measurement (default: the backend's, 15)")
+                   help="timed repeats per measurement (default: the backend's, 5)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="shuffles the measuring order per round")
     add_order_argument(p)
     p.add_argument("--threads", type=positive_int, default=1)

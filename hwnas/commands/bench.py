@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{res.backend}: prefill {res.prefill_ms:.2f} ms ({res.prefill_tokens} tokens), decode "
               f"{res.decode_ms_per_token:.2f} ms/token, peak {res.peak_mem_mb:.0f} MB, {res.repeats} repeats, "
               f"CV {res.cv_prefill:.3f}/{res.cv_decode:.3f} on {res.device}")
+        if res.probe:
+            print(f"speed probe just before: {res.probe['bandwidth_gbs']} GB/s, {res.probe['peak_gflops']} GFLOP/s")
     return 0
 
 

@@ -189,7 +189,6 @@ def _demo(args: argparse.Namespace, out: Path, t_start: float) -> int:
                                drops=[max(1, round(2 * (sn.num_layers - min(space.allowed_depths)) / 3))], compare=[p for f, p in artifacts.items()
                                                                    if FORMATS[f].backend == args.backend],
                                rounds=3, threads=args.threads, data_dir=args.data, reference_base_only=True,
-                               repeats=7,
                                progress=lambda msg: info(f"      {msg}"))
         timings["baselines"] = time.perf_counter() - t
 
@@ -231,19 +230,14 @@ def _pick_measured(run_, short: list[dict], sn, args: argparse.Namespace) -> tup
     cent). Going from the most accurate to the least, a candidate replaces the current pick only
     if it is faster than it in every round. Returns the record and each candidate's median
     measurement."""
-    import random
     import statistics
 
-    from ..bench import bench_subnet
+    from ..bench import bench_subnet, interleaved
 
     subs = {s.key(): (r, s) for r, s in ((r, sn.parse_subnet(r["subnet"])) for r in short)}
     runs: dict[str, list] = {k: [] for k in subs}
-    rng = random.Random(0)
-    for _ in range(PICK_ROUNDS):
-        order = list(subs)
-        rng.shuffle(order)
-        for k in order:
-            runs[k].append(bench_subnet(args.model, subs[k][1].to_dict(), args.backend, threads=args.threads))
+    interleaved(list(subs), PICK_ROUNDS, lambda k, _: runs[k].append(
+        bench_subnet(args.model, subs[k][1].to_dict(), args.backend, threads=args.threads)))
     median = {k: sorted(v, key=lambda b: b.decode_ms_per_token)[len(v) // 2] for k, v in runs.items()}
     pick = None
     for k in sorted(subs, key=lambda k: run_.value(subs[k][0], "wikitext2.ppl")):  # most accurate first

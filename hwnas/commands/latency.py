@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pr.add_argument("--prefill", type=positive_int, default=128)
     pr.add_argument("--decode", type=positive_int, default=32)
     pr.add_argument("--batch", type=positive_int, default=1)
+    pr.add_argument("--at-current-speed", action="store_true",
+                    help="probe this machine's speed now (~1 s) and rescale the prediction to it (default: the "
+                         "profile's speed, what the model is fitted at)")
     pr.add_argument("--json", action="store_true")
     v = sub.add_parser("validate", help="measure fresh sub-networks and score the model and the plain LUT sum")
     v.add_argument("--latency-model", required=True)
@@ -85,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(lm.header["model"])
         s = Subnet.load(args.subnet, num_layers=cfg.num_hidden_layers, intermediate_size=config_mlp_widths(cfg))
         pred = lm.predict_subnets([s], prefill=args.prefill, decode=args.decode, batch=args.batch)
+        if args.at_current_speed:
+            from ..measure.backend import speed_probe
+
+            pred = lm.at_speed(pred, speed_probe(int(lm.header["bench"].get("threads", 1))))
         out = {k: round(float(v[0]), 3) for k, v in pred.items()}
         if args.json:
             emit_json(out)
@@ -97,8 +104,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(rep)
         return 0
-    print(f"{rep['n']} held-out sub-networks on {rep['backend']} (median of {rep['rounds']} round(s) each):")
+    print(f"{rep['n']} held-out sub-networks on {rep['backend']} (median of {rep['rounds']} round(s) each; "
+          "measurements brought to the profile's speed by the probe taken with each"
+          + (f", median factor {', '.join(f'{t} x{v}' for t, v in rep['speed_factor'].items() if v != 1.0)}"
+             if rep["speed_factor"] else "") + "):")
     rows = {t: {**stats, **({"re-meas.": rep["repeatability"][t]} if rep["repeatability"] else {})}
             for t, stats in rep["per_target"].items()}  # re-meas.: round 2 predicting round 1 (the noise floor)
+    if rep["repeatability"]:
+        n_noise = next(iter(rep["repeatability"].values()))["n"]
+        print(f"re-meas. = {n_noise} of them measured again in a fresh worker, scored as a prediction of the "
+              "first: the noise floor. A model row near it is limited by the machine, not the model.")
     print("\n".join(score_lines(rows)))
     return 0

@@ -21,12 +21,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="first measure the base and the front with `bench` on the latency model's backend "
                         "(resumable; plotted beside the predictions; pick on measured.<metric>)")
     p.add_argument("--threads", type=positive_int, default=1, help="threads for --measure-front")
+    p.add_argument("--rounds", type=positive_int, default=None,
+                   help="--measure-front: interleaved rounds of the base and the front (default 3); the report "
+                        "gives each one's speed-up over the base as the median and range of per-round ratios")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import HwnasUserError
     from ..fileio import write_json
-    from ..report import Run, measure_front, parse_rule, pick, write_report
+    from ..report import MEASURE_ROUNDS, Run, measure_front, parse_rule, pick, write_report
 
     for rule in args.pick:  # the rules' syntax, before anything is measured or written
         parse_rule(rule)
@@ -36,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
         raise HwnasUserError(f"--pick-out {args.pick_out} is a folder; give a file name for the sub-network JSON")
     run_ = Run.load(args.run_dir)
     if args.measure_front:
-        n = measure_front(run_, threads=args.threads, progress=progress_printer("measuring the front"))
-        info(f"measured {n} sub-networks (RUN_DIR/measured.jsonl)")
+        n = measure_front(run_, threads=args.threads, rounds=args.rounds or MEASURE_ROUNDS,
+                          progress=progress_printer("measuring the front, interleaved rounds"))
+        info(f"made {n} measurements (RUN_DIR/measured.jsonl)")
         run_ = Run.load(args.run_dir)
     rec = None
     if args.pick:
@@ -53,5 +57,6 @@ def run(args: argparse.Namespace) -> int:
             write_json(args.pick_out, rec["subnet"])
         emit_json({"picked": rec["subnet"], "index": rec["index"], "metrics": rec["metrics"],
                    "costs": rec["costs"], "latency_predicted": rec["latency_predicted"],
-                   "latency_measured": rec.get("latency_measured")})
+                   "latency_measured": rec.get("latency_measured"),
+                   "measured_speedup": rec.get("measured_speedup")})
     return 0

@@ -19,7 +19,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -52,7 +52,11 @@ class BackendConfig:
 
     threads: int = 1
     warmup: int = 2
-    repeats: int = 15  # minimum timed repeats
+    # minimum timed repeats. 5, not 15: re-measured in fresh workers, the median of the first 5 of 15
+    # repeats agreed as well as all 15 (SmolLM2 on ORT, 10 sub-networks: decode 100 % within +-5 % either
+    # way) and 10 warm-ups + 40 repeats did no better at 2.5x the cost (docs/results.md, "Where the
+    # noise comes from"); short calls still repeat until `min_time_s` has been timed
+    repeats: int = 5
     min_time_s: float = 0.5  # keep repeating (up to max_repeats) until this much was timed
     max_repeats: int = 100
     min_sample_ms: float = 5.0  # short calls are looped until one sample lasts this long
@@ -65,6 +69,12 @@ class BackendConfig:
     max_load: float = field(default_factory=lambda: default_max_load())
     load_retries: int = 2
     load_wait_s: float = 2.0
+    # Process placement of an isolated measuring worker (see docs/results.md, "Where the noise comes
+    # from"): `pin` binds it to `threads` cores of its allowed set, the last ones (the scheduler cannot
+    # migrate it mid-measurement); `hugepages` has glibc back large allocations (weights, KV cache)
+    # with transparent huge pages where the kernel's THP mode is `madvise` (GLIBC_TUNABLES).
+    pin: bool = False
+    hugepages: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> BackendConfig:
@@ -113,6 +123,8 @@ class Measurement:
     cv_raw: float = 0.0  # stdev / mean, outliers included
     flag_reason: str = ""  # "" | "noisy" (CV above the threshold) | "load" (other processes above max_load)
     attempts: int = 1  # timing windows taken (re-measured when noisy or loaded)
+    min_ms: float = 0.0  # fastest sample (0.0 in records written before it was kept)
+    p10_ms: float = 0.0
 
     def to_dict(self, samples: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -221,6 +233,12 @@ def _busy() -> float:
     return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
 
 
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The sample at rank round(q * (n - 1)) of the sorted samples (a measured value, not interpolated)."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
 def summarize(samples: list[float]) -> tuple[float, float, float, float]:
     """median, p90, robust CV (1.4826 * MAD / median) and plain CV (stdev / mean) of timings.
 
@@ -228,8 +246,7 @@ def summarize(samples: list[float]) -> tuple[float, float, float, float]:
     scheduler slices, which blows up stdev/mean without moving the median that is stored; the
     plain CV and p90 are kept so the tail stays visible."""
     med = statistics.median(samples)
-    ordered = sorted(samples)
-    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    p90 = percentile(samples, 0.9)
     if len(samples) < 2 or med <= 0:
         return med, p90, 0.0, 0.0
     mad = statistics.median(abs(x - med) for x in samples)
@@ -430,7 +447,8 @@ class Backend:
             loaded, noisy = load.cores > cfg.max_load, cv > cfg.cv_threshold
             result = Measurement(phase, tokens, context, batch, med, p90, cv, len(samples), mem.peak_mb,
                                  cfg.threads, round(load.cores, 3), loaded or noisy, samples, cv_raw,
-                                 LOAD_REASON if loaded else ("noisy" if noisy else ""), attempts)
+                                 LOAD_REASON if loaded else ("noisy" if noisy else ""), attempts,
+                                 min(samples), percentile(samples, 0.1))
             if loaded and load_left > 0:
                 load_left -= 1
                 time.sleep(cfg.load_wait_s * (cfg.load_retries - load_left))
@@ -438,6 +456,39 @@ class Backend:
                 noisy_left -= 1
             else:
                 return result
+
+
+def pin_cores(threads: int) -> list[int]:
+    """Bind this process to the last `threads` CPUs of its allowed set (the first ones take more of
+    the machine's interrupts and housekeeping); returns them (empty where affinity is not supported)."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+        cores = allowed[-max(1, threads):]
+        os.sched_setaffinity(0, cores)
+        return cores
+    except (AttributeError, OSError):
+        return []
+
+
+PROBE_BUDGET_S = 0.6  # bandwidth copies + GEMMs: ~16 repeats of each on a slow 2-core VM
+
+
+def speed_probe(threads: int = 1, pin: bool = False) -> dict[str, float]:
+    """The machine's speed right now, as the latency model normalizes by (`hwnas.fingerprint.
+    measure_roofline`: streaming bandwidth, fp32 GEMM), taken on the cores a measuring worker with
+    these options runs on, just before it runs; this process's affinity is restored after."""
+    from hwnas.fingerprint import measure_roofline
+
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # pragma: no cover - not on Linux
+        return measure_roofline(threads, PROBE_BUDGET_S)
+    try:
+        if pin:
+            pin_cores(threads)
+        return measure_roofline(threads, PROBE_BUDGET_S)
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def backend_names() -> list[str]:

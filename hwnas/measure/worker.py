@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backend import Backend, Measurement, backend_class, set_thread_env
+from .backend import Backend, Measurement, backend_class, pin_cores, set_thread_env
 from .graphs import GraphSpec, graph_cache_dir, graph_io_for
 
 REPLY_MARK = "HWNAS-WORKER-REPLY "
@@ -101,7 +101,15 @@ def run_tasks(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: list
         if close:
             close()
     return WorkerResult(out, be.device(), cls.versions(), prepare_s, mem.peak_mb,
-                        extra={"baseline_mb": round(baseline_mb, 1), "ready_at": ready_at})
+                        extra={"baseline_mb": round(baseline_mb, 1), "ready_at": ready_at, "cpus": _cpus(),
+                               "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")})
+
+
+def _cpus() -> list[int] | None:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return None
 
 
 def convert_graph(backend: str, config: dict[str, Any], spec: GraphSpec, workdir: str | Path,
@@ -149,10 +157,14 @@ def run_isolated(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: l
         env[var] = str(threads)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     cls = backend_class(backend)
+    resolved = cls.CONFIG.from_dict(config)  # the options' defaults decide placement too
+    request["pin"] = resolved.pin
+    if resolved.hugepages:
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, (env.get("GLIBC_TUNABLES"), HUGEPAGES_TUNABLE)))
     if workdir is None:
         check_weight_formats(cls, spec)
     where = Path(workdir) if workdir else graph_cache_dir(spec)
-    if cls.CONVERTS and tasks and not cls.has_artifacts(where, cls.CONFIG.from_dict(config)):
+    if cls.CONVERTS and tasks and not cls.has_artifacts(where, resolved):
         # convert before the measuring process starts, so it never holds torch or exporter memory:
         # here (a composed whole model takes seconds), or in a process of its own
         if not convert_graph(backend, config, spec, where):
@@ -182,9 +194,15 @@ def _call_worker(request: dict[str, Any], env: dict[str, str], timeout_s: float,
     return reply
 
 
+HUGEPAGES_TUNABLE = "glibc.malloc.hugetlb=1"  # glibc >= 2.35: madvise(MADV_HUGEPAGE) on its mmap'd chunks
+
+
 def _main() -> int:
     request = json.loads(sys.stdin.read())
-    set_thread_env(int(request["config"].get("threads", 1)))
+    threads = int(request["config"].get("threads", 1))
+    if request.get("pin", request["config"].get("pin")):
+        pin_cores(threads)
+    set_thread_env(threads)
     import traceback
 
     from hwnas.errors import HwnasUserError
@@ -194,7 +212,7 @@ def _main() -> int:
 
         res = run_tasks(request["backend"], request["config"], GraphSpec.from_dict(request["graph"]),
                         [Task(**t) for t in request["tasks"]], workdir=request.get("workdir"))
-        reply = {"ok": True, "measurements": [m.to_dict() for m in res.measurements], "device": res.device,
+        reply = {"ok": True, "measurements": [m.to_dict(samples=True) for m in res.measurements], "device": res.device,
                  "versions": res.versions, "prepare_s": res.prepare_s, "peak_mem_mb": res.peak_mem_mb,
                  "extra": res.extra}
     except HwnasUserError as exc:
