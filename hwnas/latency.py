@@ -621,13 +621,14 @@ def fit(profile_dir: str | Path, model: str, space: SearchSpace, out: str | Path
     recs = measure_samples(out / "samples.jsonl", subnets, prof, prefill=prefill, decode=decode, batch=batch,
                            rounds=rounds, progress=progress, isolate=isolate)
     fb = FeatureBuilder(prof, shape, space.mlp_widths)
-    keep, widths = subnet_arrays(subnets, shape.num_layers)
+    keep, widths, formats = subnet_arrays(subnets, shape.num_layers, with_formats=True)
+    formats = None if plain(formats) else formats  # each block's lookup-table row in its own format, as predicted
     import lightgbm as lgb
 
     targets = {}
     for t in TARGETS:
         phase, tokens, context, b = phase_settings(t, prefill, decode, batch)
-        x = fb.build(keep, widths, phase, tokens, context, b)
+        x = fb.build(keep, widths, phase, tokens, context, b, formats=formats)
         y = np.asarray([float(r[t]) for r in recs])
         cv = {m: _cv_mape(x, y, m, seed) for m in MODES}
         mode = min(cv, key=cv.get)

@@ -87,21 +87,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="measurements per sub-network (interleaved)")
     ap.add_argument("--subnets", help="--noise: a JSON list of sub-networks instead of random ones")
     ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--space", help="a space YAML (e.g. a demo's joint space.yaml; default: the packaged one)")
     ap.add_argument("--out", help="--noise: measurements file (JSONL, resumable)")
     ap.add_argument("--skip-speed-check", action="store_true",
                     help="validation: measure even if the machine is off the profile's speed (--noise only reports it)")
     ap.add_argument("--throughput", type=int, default=100_000)
     ap.add_argument("--condition", choices=["hog", "share"],
                     help="validate under a condition of tools/bench_noise.py, the load check lifted: hog (a "
-                         "memory-bandwidth hog on CPU 0) or share (a spinner on the measuring core; needs the "
-                         "worker pinned: adds --option pin): a model fitted quiet, predicting another machine "
+                         "memory-bandwidth hog on CPU 0) or share (a spinner on every CPU: half-speed cores): a model fitted quiet, predicting another machine "
                          "speed (with and without the speed normalization); use --copy-to so the quiet "
                          "validation.jsonl is not reused")
     ap.add_argument("--copy-to", help="validate a copy of the latency model and its profile made here "
                                       "(a second condition gets its own validation.jsonl)")
     args = ap.parse_args()
     quiet_libraries()
-    space = SearchSpace.packaged("smollm2-135m", num_layers=30, intermediate_size=1536)
+    space = (SearchSpace.load(args.space, num_layers=30, intermediate_size=1536) if args.space else
+             SearchSpace.packaged("smollm2-135m", num_layers=30, intermediate_size=1536))
     print(f"affinity {sorted(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f}")
     if args.noise:
         args.n, args.rounds = args.n or 6, args.rounds or 3

@@ -22,9 +22,9 @@ Conditions (one factor changed each):
 - hugepages  glibc backs large allocations with transparent huge pages (`--option hugepages=true`)
 - long       10 warm-ups and 40 timed repeats instead of 2 and 15 (nn-Meter: 10 / 50)
 - hog        a memory-bandwidth hog on the other core (a 256 MB copy loop), load check lifted
-- share      a CPU-bound spinner on the core the (pinned) worker runs on: a core that runs at about
-             half speed, as a slower host or a noisy neighbour would, for the probe too (speed
-             normalization's test: compare with `pin`)
+- share      a CPU-bound spinner on every CPU: each core runs the measurement at about half speed,
+             as a slower host or a noisy neighbour would, the probe included (speed normalization's
+             test)
 - thp        the kernel's THP mode set to `always` for the round (needs root; restored after)
 - shipped    BackendConfig's current defaults with nothing overridden (after a change: "after")
 
@@ -66,7 +66,7 @@ CONDITIONS = {
     "hugepages": {**OFF, "hugepages": True},
     "long": {**OFF, "warmup": 10, "repeats": 40},
     "hog": {**OFF, "max_load": 5.0},
-    "share": {**OFF, "pin": True, "max_load": 5.0},
+    "share": {**OFF, "max_load": 5.0},
     "thp": OFF,
     "shipped": {},
 }
@@ -84,8 +84,8 @@ def _hog(stop: mp.Event) -> None:  # a bandwidth hog on CPU 0
         np.copyto(b, a)
 
 
-def _spin(stop: mp.Event) -> None:  # a CPU-bound spinner on the last CPU (where pinned workers run)
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[-1:])
+def _spin(stop: mp.Event, cpu: int) -> None:  # a CPU-bound spinner on one CPU
+    os.sched_setaffinity(0, [cpu])
     while not stop.is_set():
         sum(range(10000))
 
@@ -95,14 +95,17 @@ def condition(name: str):
     """Set up what a condition changes outside the worker's options, and undo it."""
     if name in ("hog", "share"):
         stop = mp.Event()
-        proc = mp.Process(target=_hog if name == "hog" else _spin, args=(stop,), daemon=True)
-        proc.start()
+        procs = [mp.Process(target=_hog, args=(stop,), daemon=True)] if name == "hog" else [
+            mp.Process(target=_spin, args=(stop, cpu), daemon=True) for cpu in sorted(os.sched_getaffinity(0))]
+        for p in procs:
+            p.start()
         time.sleep(1.0)
         try:
             yield
         finally:
             stop.set()
-            proc.join(5)
+            for p in procs:
+                p.join(5)
     elif name == "thp":
         old = next(w.strip("[]") for w in THP.read_text().split() if w.startswith("["))
         THP.write_text("always")
