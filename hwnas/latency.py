@@ -366,7 +366,8 @@ SPEED_TOLERANCE = 0.25
 SPEED_DEADBAND = 0.25
 
 
-def speed_factors(probe: dict[str, Any] | None, reference: dict[str, Any] | None) -> dict[str, float]:
+def speed_factors(probe: dict[str, Any] | None, reference: dict[str, Any] | None,
+                  deadband: float = SPEED_DEADBAND) -> dict[str, float]:
     """Per measured metric, the factor that brings a measurement taken at `probe`'s machine speed to
     `reference`'s (the profile's): a time scales inversely with its metric's `speed` figure
     (`hwnas.metrics`), so measured x probe / reference. 1.0 where either lacks the figure, and inside
@@ -376,7 +377,7 @@ def speed_factors(probe: dict[str, Any] | None, reference: dict[str, Any] | None
         key = metrics.METRICS[t].speed
         now, ref = (probe or {}).get(key), (reference or {}).get(key)
         f = float(now) / float(ref) if key and now and ref else 1.0
-        out[t] = f if abs(f - 1.0) > SPEED_DEADBAND else 1.0
+        out[t] = f if abs(f - 1.0) > deadband else 1.0
     return out
 
 
@@ -687,7 +688,7 @@ def validate(lm: LatencyModel, space: SearchSpace, n: int = 30, seed: int = 1000
     base = lm.lut_sums(subnets, **settings)
     report: dict[str, Any] = {"n": len(subnets), "backend": lm.header["backend"], "rounds": rounds,
                               "per_target": {}, "repeatability": repeatability(noise), "speed_check": speed,
-                              "speed_factor": _median_factors(recs)}
+                              "speed_factor": _median_factors(recs, lm.header.get("roofline"))}
     for t in TARGETS:
         y = np.asarray([float(r[t]) for r in recs])
         rows = {"model": prediction_scores(pred[t], y)}
@@ -699,7 +700,8 @@ def validate(lm: LatencyModel, space: SearchSpace, n: int = 30, seed: int = 1000
     return report
 
 
-def _median_factors(recs: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Median over records of the normalization factor per target (measured speed / profile speed)."""
-    got = [r["speed_factor"] for r in recs if r.get("speed_factor")]
-    return {t: round(float(np.median([g[t] for g in got])), 4) for t in TARGETS} if got else {}
+def _median_factors(recs: Sequence[dict[str, Any]], reference: dict[str, Any] | None) -> dict[str, float]:
+    """Median over the measurements with a probe of probe / profile figure per timed target (whether
+    or not it was outside the dead band and acted on)."""
+    got = [speed_factors(r["probe"], reference, deadband=0.0) for r in recs if r.get("probe")]
+    return {t: round(float(np.median([g[t] for g in got])), 4) for t in TARGETS if metrics.METRICS[t].speed} if got else {}

@@ -137,7 +137,7 @@ def main() -> None:
         rep = validate(lm, space, n=args.n or 30, seed=args.seed, rounds=args.rounds,
                        speed_check=not args.skip_speed_check)
     if rep.get("speed_factor"):
-        print(f"median speed factor (probe / profile's): {rep['speed_factor']}")
+        print(f"median probe / profile's figure over the measurements: {rep['speed_factor']}")
     print(f"{rep['n']} held-out sub-networks (never trained on), measured on {rep['backend']} "
           f"(prefill {h['bench']['prefill']} tokens, decode {h['bench']['decode']} tokens, batch {h['bench']['batch']}; "
           f"median of {rep['rounds']} round(s); speed check {rep['speed_check']}):")

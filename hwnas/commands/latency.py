@@ -61,7 +61,7 @@ def _space(args: argparse.Namespace, model: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..latency import LatencyModel, fit, score_lines, validate
+    from ..latency import SPEED_DEADBAND, LatencyModel, fit, score_lines, validate
     from ..profile import DeviceProfile
 
     if args.latency_cmd == "fit":
@@ -105,8 +105,9 @@ def run(args: argparse.Namespace) -> int:
         emit_json(rep)
         return 0
     print(f"{rep['n']} held-out sub-networks on {rep['backend']} (median of {rep['rounds']} round(s) each; "
-          "measurements brought to the profile's speed by the probe taken with each"
-          + (f", median factor {', '.join(f'{t} x{v}' for t, v in rep['speed_factor'].items() if v != 1.0)}"
+          "a probe taken with each; normalized to the profile's speed where it is off by more than "
+          f"{SPEED_DEADBAND:.0%}"
+          + (f"; median probe / profile: {', '.join(f'{t} x{v}' for t, v in rep['speed_factor'].items())}"
              if rep["speed_factor"] else "") + "):")
     rows = {t: {**stats, **({"re-meas.": rep["repeatability"][t]} if rep["repeatability"] else {})}
             for t, stats in rep["per_target"].items()}  # re-meas.: round 2 predicting round 1 (the noise floor)
