@@ -80,14 +80,14 @@ def bench_subnet(model: str, subnet: dict[str, list[int]] | None, backend: str, 
     `model` is an hwnas model spec; with `isolate=False` the measurement runs in this process and
     may reuse `loaded` (a LoadedModel) instead of loading the model again. `probe`: take the speed
     probe right before, on the cores the worker will use (~0.6 s)."""
-    from hwnas.measure.backend import backend_class, speed_probe
+    from hwnas.measure.backend import worker_speed_probe
     from hwnas.measure.graphs import GraphSpec
     from hwnas.measure.worker import run_isolated, run_tasks
 
     cfg = {**(config or {}), "threads": threads}
     spec = GraphSpec("model", model, subnet=subnet)
     tasks = bench_tasks(prefill, decode, batch)
-    speed = speed_probe(threads, pin=backend_class(backend).CONFIG.from_dict(cfg).pin) if probe else None
+    speed = worker_speed_probe(backend, cfg) if probe else None
     res = run_isolated(backend, cfg, spec, tasks) if isolate else run_tasks(backend, cfg, spec, tasks, loaded=loaded)
     p, d = res.measurements
     return BenchResult(
@@ -100,7 +100,6 @@ def bench_subnet(model: str, subnet: dict[str, list[int]] | None, backend: str, 
         decode_tokens=decode, batch=batch, threads=threads, load=round(max(p.load, d.load), 3),
         flagged=p.flagged or d.flagged, flag_reason=_reason(p, d), subnet=subnet, versions=res.versions,
         probe=speed)
-
 
 
 def _reason(*ms: Any) -> str:

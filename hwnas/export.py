@@ -373,7 +373,7 @@ def measure_artifact(folder: Path, fmt: Format, *, prefill: int = 128, decode: i
     """Prefill / decode / peak memory of the artifact's own files on its backend, in a clean worker
     process that only loads and runs the artifact (so the peak RSS is the artifact's, not the
     exporting process's). `options`: backend config fields (e.g. `repeats`) on top of the format's."""
-    from hwnas.measure.backend import backend_class, speed_probe
+    from hwnas.measure.backend import worker_speed_probe
     from hwnas.measure.graphs import GraphSpec
     from hwnas.measure.worker import run_isolated
 
@@ -381,7 +381,7 @@ def measure_artifact(folder: Path, fmt: Format, *, prefill: int = 128, decode: i
 
     spec = GraphSpec("model", str(folder))
     config = {"threads": threads, **fmt.backend_config, **(options or {})}
-    probe = speed_probe(threads, pin=backend_class(fmt.backend).CONFIG.from_dict(config).pin)
+    probe = worker_speed_probe(fmt.backend, config)
     res = run_isolated(fmt.backend, config, spec, bench_tasks(prefill, decode), workdir=folder)
     p, d = res.measurements
     peak = max(p.peak_mem_mb, d.peak_mem_mb, res.peak_mem_mb)

@@ -491,6 +491,12 @@ def speed_probe(threads: int = 1, pin: bool = False) -> dict[str, float]:
         os.sched_setaffinity(0, allowed)
 
 
+def worker_speed_probe(backend: str, config: dict[str, Any]) -> dict[str, float]:
+    """`speed_probe` on the cores a measuring worker of `backend` with these options will use."""
+    cfg = backend_class(backend).CONFIG.from_dict(config)
+    return speed_probe(cfg.threads, pin=cfg.pin)
+
+
 def backend_names() -> list[str]:
     """Names registered in the `hwnas.backends` entry-point group (nothing is imported)."""
     return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
