@@ -15,6 +15,15 @@ from hwnas.measure.backend import Backend, BackendConfig, dist_versions
 INT8 = Scheme("int8", bits=8, symmetric=True, group_size=None, activations="dynamic-u8",
               embed=Scheme("int8-table", bits=8, symmetric=False, group_size=0),
               description="quantize_dynamic: int8 weights per output channel, uint8 activations per tensor at run time")
+# what `MatMulNBitsQuantizer(bits=4, block_size=32, is_symmetric=True, accuracy_level=4)` stores and
+# runs: int4 weights in blocks of 32 along the input axis (MLAS's symmetric scale, full [-8, 7] range),
+# inputs quantized to int8 per block of 32 before the integer product (accuracy_level 4, VNNI on x86);
+# MatMulNBits takes no Gather, so a table in this format is stored as quantize_dynamic's uint8 table
+INT4 = Scheme("int4", bits=4, symmetric=True, group_size=32, activations="block-s8", full_range=True,
+              embed=INT8.embed,
+              description="MatMulNBits: int4 weights in blocks of 32 (symmetric), int8 activations per block "
+                          "(accuracy_level 4); an int4 embedding table is stored uint8 per tensor")
+ACCURACY_LEVEL = 4
 
 
 @dataclass
@@ -45,7 +54,7 @@ class OnnxRuntimeBackend(Backend):
     NAME = "onnxruntime"
     CONFIG = OnnxRuntimeConfig
     CONVERTS = True
-    WEIGHT_FORMATS = {"int8": INT8}
+    WEIGHT_FORMATS = {"int8": INT8, "int4": INT4}
     FORMAT_ORDER = 10
 
     @classmethod
@@ -54,6 +63,9 @@ class OnnxRuntimeBackend(Backend):
                  "sub-network's per-block weight formats)", "fp32", _write_onnx, requires=REQUIRES, per_block=True)
         register("onnx-int8", "ONNX Runtime dynamic quantization (INT8 weights per channel, activations quantized "
                  "at run time), every block", "int8", _write_onnx, requires=REQUIRES, weights="int8", per_block=True)
+        register("onnx-int4", "ONNX Runtime MatMulNBits (INT4 weights in blocks of 32, int8 activations per block; "
+                 "the embedding table INT8), every block", "int4", _write_onnx, requires=REQUIRES, weights="int4",
+                 per_block=True)
 
     @classmethod
     def has_artifacts(cls, workdir: Path, config: Any) -> bool:
@@ -118,12 +130,20 @@ class OnnxRuntimeBackend(Backend):
     def outputs(self) -> Any:
         return self._out
 
+    def save_cache(self) -> Any:
+        return list(self._past)  # the runtime's output arrays: a step makes new ones
+
+    def restore_cache(self, handle: Any) -> None:
+        self._past = list(handle)
+
 
 def quantize_onnx(src: Path, dst: Path, weights: Any, *, external_data: bool | None = None) -> dict[str, int]:
     """Write `src` (an fp32 graph) to `dst` with each weight in the format `weights` gives it (a
-    Compression, or one format name for every weight): ONNX Runtime's `quantize_dynamic` on
-    exactly the MatMul / Gather nodes whose weight is to be int8. Removes `src` (and its data).
-    Returns how many nodes were quantized and kept fp32."""
+    Compression, or one format name for every weight): ONNX Runtime's `MatMulNBitsQuantizer` on
+    exactly the MatMul nodes whose weight is to be int4, then its `quantize_dynamic` on exactly the
+    MatMul / Gather nodes whose weight is to be int8 (and a Gather table of an int4 block, which
+    MatMulNBits does not take: `INT4.embed`). Removes `src` (and its data). Returns how many nodes
+    were quantized to each format and kept fp32."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -133,7 +153,8 @@ def quantize_onnx(src: Path, dst: Path, weights: Any, *, external_data: bool | N
     plan = weight_plan(weights)
     graph = onnx.load(str(src), load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
-    chosen, kept = [], 0
+    chosen: dict[str, list[str]] = {"int8": [], "int4": []}
+    kept = 0
     for node in graph.node:
         weight = {"MatMul": 1, "Gather": 0}.get(node.op_type)
         if weight is None or len(node.input) <= weight or node.input[weight] not in inits:
@@ -141,18 +162,74 @@ def quantize_onnx(src: Path, dst: Path, weights: Any, *, external_data: bool | N
         fmt = plan(node.input[weight])
         if fmt == PLAIN:
             kept += 1
-        elif fmt == "int8":
-            chosen.append(node.name)
+        elif fmt == "int4" and node.op_type == "Gather":
+            chosen["int8"].append(node.name)  # INT4.embed: the uint8 table
+        elif fmt in chosen:
+            chosen[fmt].append(node.name)
         else:
             raise ValueError(f"onnxruntime has no weight format {fmt!r}")
     size = src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(f"{src.name}.data"))
     external = size > EXTERNAL_DATA_BYTES if external_data is None else external_data
-    if chosen:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         nodes_to_quantize=chosen, use_external_data_format=external)
-    else:  # nothing to quantize: the fp32 graph is the answer
-        onnx.save(onnx.load(str(src)), str(dst), save_as_external_data=external,
-                  location=f"{dst.name}.data" if external else None)
-    src.unlink()
-    src.with_name(f"{src.name}.data").unlink(missing_ok=True)
-    return {"quantized": len(chosen), "fp32": kept}
+
+    def save(model: Any, path: Path, external: bool) -> None:
+        onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                  location=f"{path.name}.data" if external else None)
+
+    def remove(path: Path) -> None:
+        path.unlink()
+        path.with_name(f"{path.name}.data").unlink(missing_ok=True)
+
+    if chosen["int4"]:
+        MatMulNBitsQuantizer = _nbits_quantizer()
+        model = onnx.load(str(src))
+        # the quantizer takes every MatMul of its op types, `nodes_to_include` only adds to them: so
+        # name what it must leave instead
+        others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(chosen["int4"])]
+        q = MatMulNBitsQuantizer(model, bits=INT4.bits, block_size=INT4.group_size, is_symmetric=INT4.symmetric,
+                                 accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=others)
+        _quiet(q.process)
+        target = dst if not chosen["int8"] else src.with_name(f".int4-{src.name}")
+        save(q.model.model, target, external or bool(chosen["int8"]))
+        remove(src)
+        src = target
+    if chosen["int8"]:
+        _quiet(lambda: quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                                        nodes_to_quantize=chosen["int8"], use_external_data_format=external))
+        remove(src)
+    elif not chosen["int4"]:  # nothing to quantize: the fp32 graph is the answer
+        save(onnx.load(str(src)), dst, external)
+        remove(src)
+    return {"int8": len(chosen["int8"]), "int4": len(chosen["int4"]), "fp32": kept}
+
+
+def _nbits_quantizer() -> Any:
+    """ORT's `MatMulNBitsQuantizer`, imported without the side effect of its module: it calls
+    `logging.basicConfig(level=INFO)`, after which every library's INFO lines reach the user."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+    root.setLevel(level)
+    return MatMulNBitsQuantizer
+
+
+def _quiet(fn: Any) -> Any:
+    """Run an ORT quantizer with its chatter silenced: MatMulNBits logs every node at INFO, and
+    `quantize_dynamic` warns on the root logger to "run pre-processing" (shape inference for
+    activation quantization, which dynamic weight quantization does not use) on every call."""
+    import logging
+
+    loggers = [logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer"), logging.getLogger()]
+    levels = [log.level for log in loggers]
+    loggers[0].setLevel(logging.WARNING)
+    loggers[1].setLevel(logging.ERROR)
+    try:
+        return fn()
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)

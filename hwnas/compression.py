@@ -66,7 +66,13 @@ class Scheme:
     `ggml` names a GGUF tensor type (llama.cpp): the weights are then stored by ggml's own
     quantizer (`hwnas.gguf_writer.roundtrip`, value for value what llama.cpp reads), and
     `activations` "ggml-q8_0" quantizes inputs in blocks of 32 (one fp16 scale each) as ggml's CPU
-    matrix products do for Q8_0/Q5_0/Q4_0 weights, "fp16" rounds them to half as for F16 weights."""
+    matrix products do for Q8_0/Q5_0/Q4_0 weights, "fp16" rounds them to half as for F16 weights.
+
+    `full_range` (symmetric blockwise weights as MLAS stores them for ONNX Runtime's MatMulNBits):
+    each block's scale is its largest-magnitude weight divided by -2^(bits-1), so that weight maps to
+    -2^(bits-1) and the others round into [-2^(bits-1), 2^(bits-1) - 1]. `activations` "block-s8"
+    quantizes inputs in blocks of `group_size` to int8 (scale max|x| / 127, kept fp32), as
+    MatMulNBits with accuracy_level 4 does before its integer product."""
 
     name: str
     bits: int = 8
@@ -76,6 +82,7 @@ class Scheme:
     embed: Scheme | None = None
     description: str = ""
     ggml: str | None = None
+    full_range: bool = False
 
     @property
     def compressed(self) -> bool:
@@ -103,7 +110,13 @@ class Scheme:
             axis_view = w
         lo = axis_view.amin(1, keepdim=True).clamp(max=0)
         hi = axis_view.amax(1, keepdim=True).clamp(min=0)
-        if self.symmetric:
+        if self.symmetric and self.full_range:
+            half = 2 ** (self.bits - 1)
+            peak = torch.gather(axis_view, 1, axis_view.abs().argmax(1, keepdim=True))
+            scale = peak / -half
+            scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+            deq = torch.round(axis_view / scale).clamp(-half, half - 1) * scale
+        elif self.symmetric:
             qmax = 2 ** (self.bits - 1) - 1  # ORT's symmetric int8 range is [-127, 127]
             absmax = torch.maximum(-lo, hi).double()
             scale = (2 * absmax / (2 * qmax)).float()
@@ -129,7 +142,9 @@ class Scheme:
         if self.activations == "fp16":
             return x.half().to(x.dtype)
         if self.activations == "ggml-q8_0":
-            return _ggml_q8_0(x)
+            return _block_q8(x, 32, half_scale=True)
+        if self.activations == "block-s8":
+            return _block_q8(x, self.group_size, half_scale=False)
         if self.activations != "dynamic-u8":
             return x
         flat = x.reshape(-1, x.shape[-1])
@@ -142,19 +157,21 @@ class Scheme:
         return ((q - zp) * scale).reshape(x.shape).to(x.dtype)
 
 
-def _ggml_q8_0(x: Any) -> Any:
-    """ggml's quantize_row_q8_0 and back: blocks of 32 along the last axis, d = max|x| / 127
-    stored as fp16, q = round(x / d)."""
+def _block_q8(x: Any, block: int, half_scale: bool) -> Any:
+    """Symmetric int8 in blocks of `block` along the last axis and back: d = max|x| / 127,
+    q = round(x / d); ggml's quantize_row_q8_0 (block 32, d stored as fp16: `half_scale`) and MLAS's
+    int8 quantization of MatMulNBits inputs (d kept fp32)."""
     import torch
 
     n = x.shape[-1]
-    if n % 32:
+    if n % block:
         return x
-    blocks = x.float().reshape(*x.shape[:-1], n // 32, 32)
+    blocks = x.float().reshape(*x.shape[:-1], n // block, block)
     d = blocks.abs().amax(-1, keepdim=True) / 127
     inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
     q = torch.round(blocks * inv)
-    return (q * d.half().float()).reshape(x.shape).to(x.dtype)
+    d = d.half().float() if half_scale else d
+    return (q * d).reshape(x.shape).to(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -324,3 +341,62 @@ def simulate(model: Any, compression: Compression | None, schemes: Mapping[str, 
             for name in _MLP:
                 apply(getattr(layer.mlp, name), compression.mlp[j])
     return model
+
+
+# --- which blocks tolerate fewer bits -----------------------------------------------------------
+
+def block_sensitivity(model_factory: Any, schemes: Mapping[str, Scheme], high: str, low: str,
+                      ids: Any) -> list[tuple[str, int | None, float]]:
+    """How much each block of the full network costs when stored in `low` instead of `high`
+    (every other block in `high`): the increase of the mean negative log-likelihood on `ids`
+    ([batch, tokens] calibration text) with that one block in `low`. Blocks are `attn`/`mlp` of each
+    layer and the `head` (the embedding is a table lookup: its format costs no time per token).
+    Returns (block, layer or None, increase), least sensitive first.
+
+    `model_factory()` gives a fresh materialized full network (weights shared with the super-network
+    are never touched: `simulate` makes new tensors). Both simulated networks are built once, and a
+    block is moved from one to the other by swapping its module (weights and activation hooks
+    together), so the cost is one forward pass per block."""
+    import torch
+
+    depth = len(model_factory().model.layers)
+    hi = simulate(model_factory(), Compression.uniform(high, depth), schemes).eval()
+    lo = simulate(model_factory(), Compression.uniform(low, depth), schemes).eval()
+
+    @torch.no_grad()
+    def nll() -> float:
+        logits = hi(input_ids=ids).logits[:, :-1].float()
+        return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)))
+
+    ref = nll()
+    out: list[tuple[str, int | None, float]] = []
+    for j in range(depth):
+        for block, attr in (("attn", "self_attn"), ("mlp", "mlp")):
+            keep = getattr(hi.model.layers[j], attr)
+            setattr(hi.model.layers[j], attr, getattr(lo.model.layers[j], attr))
+            out.append((block, j, nll() - ref))
+            setattr(hi.model.layers[j], attr, keep)
+    keep = hi.lm_head
+    hi.lm_head = lo.lm_head
+    out.append(("head", None, nll() - ref))
+    hi.lm_head = keep
+    return sorted(out, key=lambda t: t[2])
+
+
+def mixed_ladder(depth: int, order: list[tuple[str, int | None, float]], high: str, low: str,
+                 counts: Iterable[int]) -> list[Compression]:
+    """For each k in `counts`: every block in `high` but the k least sensitive (`order`, from
+    `block_sensitivity`) in `low` — the greedy mixed-precision recipe (as HAWQ-style allocations
+    and llama.cpp's per-tensor type choices do), with the embedding in `high`."""
+    out = []
+    for k in counts:
+        attn, mlp, head = [high] * depth, [high] * depth, high
+        for block, j, _ in order[:k]:
+            if block == "attn":
+                attn[j] = low
+            elif block == "mlp":
+                mlp[j] = low
+            else:
+                head = low
+        out.append(Compression(tuple(attn), tuple(mlp), high, head))
+    return out

@@ -192,7 +192,7 @@ def test_profile_grid_times_each_format_and_old_tables_load(tmp_path):
     assert read_lut(old)[0]["format"] == "fp32"
 
 
-def _search(tiny_llama, tmp_path, backend="onnxruntime", **linas):
+def _search(tiny_llama, tmp_path, backend="onnxruntime", formats=None, **linas):
     from hwnas.evaluate.evaluator import Evaluator
     from hwnas.search import LinasConfig, Objective, RunConfig, Search
 
@@ -201,7 +201,7 @@ def _search(tiny_llama, tmp_path, backend="onnxruntime", **linas):
     text.write_text(" ".join(f"w{(i * 7) % 23}" for i in range(3000)))
     task = f"text:{text}"
     space_file = tmp_path / "space.yaml"
-    SPACE.save(space_file)
+    (dataclasses.replace(SPACE, weight_formats=tuple(formats)) if formats else SPACE).save(space_file)
     cfg = RunConfig(model="tiny", space=str(space_file), objectives=[Objective(f"{task}.ppl"), Objective("size_mb")],
                     tasks=[task], backend=backend, seed=2,
                     linas=LinasConfig(**{"initial": 8, "rounds": 1, "per_round": 4, "inner_evaluations": 200,
@@ -216,7 +216,7 @@ def test_joint_search_evaluates_simulated_formats_and_starts_from_the_baselines(
     subs = [Subnet.from_dict(r["subnet"]) for r in res.records]
     assert any(s.compression is not None for s in subs) and len({s.key() for s in subs}) == len(subs)
     round0 = [s for s, r in zip(subs, res.records) if r["round"] == 0 and not r["is_base"]]
-    # the first quarter of round 0: the base, then layer dropping, every weight int8 (the strongest baselines)
+    # round 0 starts with the baselines: the base, then layer dropping, every weight int8
     full = search.sn.full_subnet()
     assert round0[0] == full.compressed(Compression.uniform("int8", full.depth))
     assert round0[1].compression == Compression.uniform("int8", round0[1].depth) and round0[1].depth < 4
@@ -260,3 +260,88 @@ def test_a_backend_refuses_formats_it_does_not_run():
         check_weight_formats(backend_class("openvino"), GraphSpec("model", "tiny", subnet=s.to_dict()))
     with pytest.raises(BackendError, match="does not run weight format"):
         check_weight_formats(backend_class("torch"), GraphSpec("mlp", "tiny", width=64, weights="int8"))
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("onnxruntime"), reason="needs onnxruntime")
+def test_simulated_int4_weights_equal_matmulnbits_and_formats_mix(tiny_llama, tmp_path, monkeypatch):
+    """int4 blocks become MatMulNBits nodes whose stored weights are, value for value, the ones the
+    simulation uses (MLAS's full-range symmetric scale); int8 and fp32 blocks in the same graph stay
+    what the plan says; the exported mixed graph agrees with the simulation."""
+    import onnx
+    from hwnas_backends.onnxruntime_backend import INT4, INT8, OnnxRuntimeBackend
+    from onnx import helper, numpy_helper
+
+    from hwnas.export import export
+    from hwnas.measure.graphs import build_module
+
+    monkeypatch.setenv("HWNAS_GRAPH_CACHE", str(tmp_path / "graphs"))
+    sn = Supernet(tiny_llama)
+    s = Subnet((0, 1, 3), (256, 128, 64))
+    comp = Compression(("int4", "fp32", "int8"), ("int8", "int4", "int4"), "int4", "int4")
+    module, io = build_module(sn.materialize(s, share_weights=True), "model", weights=comp)
+    import logging
+
+    root = (list(logging.getLogger().handlers), logging.getLogger().level)
+    OnnxRuntimeBackend.convert(module, io, tmp_path / "g", OnnxRuntimeBackend.CONFIG())
+    # the quantizer module's import-time logging.basicConfig(INFO) is undone
+    assert (list(logging.getLogger().handlers), logging.getLogger().level) == root
+    graph = onnx.load(str(tmp_path / "g" / "graph.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    nbits = {n.input[1]: n for n in graph.node if n.op_type == "MatMulNBits"}
+    # q/k/v/o of layer 0, gate/up/down of layers 1 and 2, and the head: 4 + 6 + 1
+    assert len(nbits) == 11 and all(k.endswith("_Q4") for k in nbits), sorted(nbits)
+    assert {n[: -len("_quantized")] for n in inits if n.endswith("_quantized")} == {
+        "embed/embed.weight", *(f"layer0/mlp.{p}.weight.T" for p in ("gate", "up", "down")),
+        *(f"layer2/attn.attn.{p}_proj.weight.T" for p in "qkvo")}
+    sim = simulate(sn.materialize(s, share_weights=True), comp, {"int8": INT8, "int4": INT4})
+
+    def deq4(name):
+        node = nbits[f"{name}_Q4"]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["accuracy_level"] == 4 and attrs["block_size"] == INT4.group_size
+        b, scales = inits[node.input[1]], inits[node.input[2]]
+        n, blocks = b.shape[:2]
+        q = np.stack([b & 0x0F, b >> 4], -1).reshape(n, blocks, -1).astype(np.float32)
+        return ((q - 8) * scales.reshape(n, blocks, 1)).reshape(n, -1)[:, : attrs["K"]]
+
+    assert np.array_equal(deq4("layer2/mlp.down.weight.T"), sim.model.layers[2].mlp.down_proj.weight.numpy())
+    assert np.array_equal(deq4("layer0/attn.attn.q_proj.weight.T"), sim.model.layers[0].self_attn.q_proj.weight.numpy())
+    assert np.array_equal(deq4("final/lm_head.weight.T"), sim.lm_head.weight.numpy())
+    assert not np.array_equal(deq4("layer1/mlp.up.weight.T"), sn.model.model.layers[1].mlp.up_proj.weight.detach().numpy()[:128])
+    m = export(sn, s.compressed(comp), "onnx", tmp_path / "a", measure=False)
+    v = m["verification"]
+    assert m["compression"] == comp.to_dict() and v["cosine"] > 0.999 and v["top1_agreement"] >= 0.95
+
+
+def test_block_sensitivity_orders_blocks_and_the_ladder_seeds_the_search(tiny_llama, tmp_path):
+    """With int4 and int8 per block, round 0 holds the greedy mixed-precision ladder: the base int8
+    with the k blocks whose int4 costs the least perplexity (measured one block at a time) in int4."""
+    from hwnas_backends.onnxruntime_backend import INT4, INT8
+
+    from hwnas.compression import block_sensitivity, mixed_ladder
+
+    sn = Supernet(tiny_llama)
+    full = sn.full_subnet()
+    ids = torch.randint(0, sn.model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    schemes = {"int8": INT8, "int4": INT4}
+    before = {k: v.clone() for k, v in sn.model.state_dict().items()}
+    order = block_sensitivity(lambda: sn.materialize(full, share_weights=True), schemes, "int8", "int4", ids)
+    assert all(torch.equal(before[k], v) for k, v in sn.model.state_dict().items())
+    assert len(order) == 2 * full.depth + 1 and [d for *_, d in order] == sorted(d for *_, d in order)
+    assert {b for b, *_ in order} == {"attn", "mlp", "head"} and len({d for *_, d in order}) > 1
+    ladder = mixed_ladder(full.depth, order, "int8", "int4", [1, 3])
+    assert [c.formats().count("int4") for c in ladder] == [1, 3] and ladder[0].embed == "int8"
+    first, j, _ = order[0]
+    assert ladder[0].format_of(first, j) == "int4"
+    # the search seeds it (a space with both formats per block)
+    search = _search(tiny_llama, tmp_path, formats=["fp32", "int8", "int4"])
+    seeds = search.heuristic_seeds(8, set())
+    assert seeds[0] == full.compressed(Compression.uniform("int4", full.depth))
+    assert seeds[1] == full.compressed(Compression.uniform("int8", full.depth))
+    mixed = [s for s in seeds if s.compression and len(set(s.compression.formats())) == 2]
+    assert mixed and all(s.depth == full.depth for s in mixed)
+    assert search.block_sensitivity["low"] == "int4" and search.block_sensitivity["high"] == "int8"
+    import json
+
+    saved = json.loads((search.run_dir / "block_sensitivity.json").read_text())
+    assert len(saved["blocks"]) == len(order) and saved["low"] == "int4"

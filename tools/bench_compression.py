@@ -6,7 +6,9 @@
 
 For `--n` sub-networks of the embedded model's space with compression genes (the full network all
 8-bit — int8 on ONNX Runtime, q8_0 on llama.cpp; its 4 least influential layers dropped, all 8-bit;
-width 1024 with attention fp32 and MLPs 8-bit; then every format the backend runs, per block, drawn
+width 1024 with attention fp32 and MLPs 8-bit; where the backend runs a 4-bit format (int4,
+q4_0): the full network all 4-bit, with 4-bit MLPs and 8-bit attention, and with 8/4 bits drawn per
+block; then every format the backend runs, per block, drawn
 at random with random architectures), prints the fp32 torch perplexity, the simulated
 perplexity (`hwnas.compression.simulate`, what the search scores) and the exported artifact's
 perplexity through its own runtime (token by token through the KV cache, `hwnas baselines`'s
@@ -53,6 +55,13 @@ def parity(args: argparse.Namespace) -> None:
     subnets = [full.compressed(Compression.uniform(eight, full.depth)),
                drop4.compressed(Compression.uniform(eight, drop4.depth)),
                w1024.compressed(Compression(("fp32",) * 30, (eight,) * 30, eight, eight))]
+    four = next((f for f, sc in sorted(schemes.items()) if sc.bits == 4), None)  # int4 (ORT), q4_0 (llama.cpp)
+    if four:  # what a search over 8- and 4-bit blocks ships: the full network, 4-bit in whole or in part
+        d = full.depth
+        subnets += [full.compressed(Compression.uniform(four, d)),
+                    full.compressed(Compression((eight,) * d, (four,) * d, eight, eight)),
+                    full.compressed(Compression(tuple(rng.choice((eight, four)) for _ in range(d)),
+                                                tuple(rng.choice((eight, four)) for _ in range(d)), eight, four))]
     while len(subnets) < args.n:
         s = sn.parse_subnet(space.sample(rng), space)
         if s.compression is not None:

@@ -78,7 +78,7 @@ def _candidates(search: Search, r: int) -> tuple[list[Subnet], list[dict[str, fl
     lc = search.cfg.linas
     if r == 0:
         taken = set(search.store.keys)
-        seeds = search.heuristic_seeds(lc.initial // 4, taken) if lc.seeds else []
+        seeds = search.heuristic_seeds(lc.initial // 2, taken) if lc.seeds else []
         cands = seeds + search.random_new(lc.initial - len(seeds), rng, taken)
         preds: list[dict[str, float]] = [{}] * len(cands)
     else:

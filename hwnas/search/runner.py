@@ -208,10 +208,11 @@ class Search:
     def heuristic_seeds(self, n: int, taken: set[str]) -> list[Subnet]:
         """Up to `n` sub-networks a user gets without searching, so the search starts where the
         baselines are (and its front can only improve on them): the base in each of the space's
-        compressed formats (fewest bits first), then ShortGPT-style layer dropping (a quarter, half
-        and all of the droppable layers, least influential first) and one uniform MLP width, each
-        with every weight in one format, most compressed first (the base in fp32 is the run's
-        reference point already)."""
+        compressed formats (fewest bits first), then the greedy mixed-precision ladder where the
+        space has two compressed formats per block (`format_ladder`), then ShortGPT-style layer
+        dropping (a quarter, half and all of the droppable layers, least influential first) and one
+        uniform MLP width, each with every weight in one format, most compressed first (the base in
+        fp32 is the run's reference point already)."""
         space = self.space
         scores = self.sn.order.layer_scores if self.sn.order else None
         most = space.num_layers - min(space.allowed_depths)
@@ -219,14 +220,55 @@ class Search:
         full, mid = space.mlp_widths[-1], space.mlp_widths[len(space.mlp_widths) // 2]
         archs = [Subnet.dropping(space, scores, k, full) for k in drops] + [Subnet.dropping(space, scores, 0, mid)]
         formats = sorted(space.weight_formats, key=lambda f: bits_of(f) or 32)  # most compressed first
-        order = [(archs[0], f) for f in formats] + [(a, f) for f in formats for a in archs[1:]]
+        uniform = [a if f == "fp32" else a.compressed(Compression.uniform(f, a.depth)) for a, f in
+                   [(archs[0], f) for f in formats] + [(a, f) for f in formats for a in archs[1:]]]
+        n_base = sum(1 for f in formats if f != "fp32")
+        order = uniform[:n_base] + (self.format_ladder() if n > n_base else []) + uniform[n_base:]
         out: list[Subnet] = []
-        for a, f in order:
-            s = a if f == "fp32" else a.compressed(Compression.uniform(f, a.depth))
+        for s in order:
             if len(out) < n and s.key() not in taken and (space.mode == "prefix" or s.depth in space.allowed_depths):
                 taken.add(s.key())
                 out.append(s)
         return out
+
+    LADDER = (1 / 8, 1 / 4, 3 / 8, 1 / 2)  # shares of the blocks moved to the fewer-bit format
+    CALIBRATION_TOKENS = (2, 256)  # calibration windows x tokens for the block sensitivities
+
+    def format_ladder(self) -> list[Subnet]:
+        """The full network with every block in the space's 8-bit format (int8, q8_0; else its
+        second-fewest-bit one) but the k least sensitive in its fewest-bit format (int4, q4_0), k a
+        share `LADDER` of the blocks: the
+        mixed-precision recipe a quantization tool would hand-tune, ordered by
+        `compression.block_sensitivity` on Alpaca calibration text (not the evaluation text). Empty
+        unless the space has two compressed formats chosen per block."""
+        from ..compression import PLAIN, block_sensitivity, mixed_ladder
+
+        compressed = sorted((f for f in self.space.weight_formats if f != PLAIN), key=lambda f: bits_of(f) or 32)
+        if len(compressed) < 2 or self.space.compression_per != "block":
+            return []
+        low = compressed[0]
+        high = max((f for f in compressed[1:] if (bits_of(f) or 32) <= 9), key=lambda f: bits_of(f) or 32,
+                   default=compressed[1])
+        full = self.sn.full_subnet()
+        order = block_sensitivity(lambda: self.sn.materialize(full, share_weights=True), self.schemes, high, low,
+                                  self._calibration_ids())
+        self.block_sensitivity = {"version": 1, "high": high, "low": low,
+                                  "calibration": list(self.CALIBRATION_TOKENS), "blocks": [list(b) for b in order]}
+        write_json(self.run_dir / "block_sensitivity.json", self.block_sensitivity)
+        counts = sorted({max(1, round(len(order) * share)) for share in self.LADDER})
+        return [full.compressed(c) for c in mixed_ladder(full.depth, order, high, low, counts)]
+
+    def _calibration_ids(self) -> Any:
+        import torch
+
+        from ..data import ALPACA, alpaca_texts, find_data_file
+
+        n, length = self.CALIBRATION_TOKENS
+        text = "\n\n".join(alpaca_texts(find_data_file(ALPACA, self.cfg.data))[:400])
+        ids = self.sn.base.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        if ids.numel() < n * length:
+            n = max(1, ids.numel() // length)
+        return ids[: n * length].reshape(n, -1).to(torch.long)
 
     def fit_predictors(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         from ..predictors import fit_predictor
