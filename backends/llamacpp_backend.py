@@ -214,6 +214,13 @@ class LlamaCppBackend(Backend):
         self.llm.eval(ids)
         self._filled = min(self._filled, start)  # the filler's cache past `start` is overwritten
 
+    def save_cache(self) -> Any:
+        return self.llm.n_tokens  # llama.cpp overwrites the cache past n_tokens on the next eval
+
+    def restore_cache(self, handle: Any) -> None:
+        self.llm.n_tokens = handle
+        self._filled = min(self._filled, handle)
+
     def outputs(self) -> Any:
         import numpy as np
 

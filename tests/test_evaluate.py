@@ -7,6 +7,8 @@ import dataclasses
 import json
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -222,3 +224,58 @@ def test_real_model_all_tasks_limit_20(smollm2):
         ref = naive_loglikelihoods(smollm2.model, reqs)
         got = [x for it in prepared.scorer.run(smollm2.model) for x in it]
         assert max(abs(g.ll - r.ll) for g, r in zip(got, ref)) < 1e-3, name
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "gguf"])
+def test_an_artifact_scores_through_its_runtime_as_torch_does(tmp_path, monkeypatch, fmt):
+    """`hwnas eval --model ARTIFACT`: every log-likelihood from the artifact's runtime (token by
+    token through its cache, the context prefilled once per item) equals the torch sub-network's
+    within float noise, for multiple choice and perplexity alike."""
+    import importlib.util
+
+    from conftest import make_tiny
+
+    from hwnas.evaluate.artifact import ArtifactModel
+    from hwnas.export import export
+    from hwnas.supernet import Supernet
+
+    need = {"onnx": "onnxruntime", "gguf": "llama_cpp"}[fmt]
+    if importlib.util.find_spec(need) is None:
+        pytest.skip(f"needs {need}")
+    monkeypatch.setenv("HWNAS_GRAPH_CACHE", str(tmp_path / "graphs"))
+    if fmt == "gguf":  # llama.cpp needs a byte-level BPE vocabulary
+        from test_gguf import tiny
+
+        sn = Supernet(tiny("llama"))
+        s = sn.full_subnet()
+    else:
+        sn = Supernet(make_tiny("llama", seed=3))
+        s = sn.parse_subnet({"layers": [0, 2, 3], "mlp_widths": [256, 128, 192]})
+    export(sn, s, fmt, tmp_path / "art", measure=False)
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(f"w{i % 50}" for i in range(300)))
+    names = ["arc_easy", "hellaswag", "lambada_openai", f"text:{text}"]
+    ev = Evaluator(sn.base.tokenizer, names, limit=3, seed=0, ppl_windows=2, ppl_window=48, ppl_stride=32)
+    ref = ev.evaluate(sn.materialize(s, share_weights=True))
+    art = ArtifactModel(tmp_path / "art")
+    got = ev.evaluate(art)
+    assert art.steps > 0 and list(got.tasks) == names
+    for name in names:
+        a, b = ref.tasks[name], got.tasks[name]
+        if a.ppl is not None:
+            assert b.ppl == pytest.approx(a.ppl, rel=2e-3) and b.tokens == a.tokens
+        for x, y in zip(a.items, b.items):
+            assert np.allclose(x.lls, y.lls, atol=2e-3), (name, x.lls, y.lls)
+        assert b.acc == a.acc and b.acc_norm == a.acc_norm
+    if fmt == "onnx":  # the command line: the same scores, and where they came from
+        import contextlib
+        import io
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert main(["eval", "--model", str(tmp_path / "art"), "--tasks", f"text:{text}", "--ppl-windows", "2",
+                         "--ppl-window", "48", "--ppl-stride", "32", "--json"]) == 0
+        doc = json.loads(buf.getvalue())
+        assert doc["artifact"]["format"] == "onnx" and doc["artifact"]["runtime"] == "onnxruntime"
+        assert doc["tasks"][f"text:{text}"]["ppl"] == pytest.approx(ref.tasks[f"text:{text}"].ppl, rel=2e-3)
+        assert main(["eval", "--model", str(tmp_path / "art"), "--subnet", str(text)]) == 2  # one line, exit 2

@@ -52,9 +52,10 @@ def positive_ints(text: str) -> list[int]:
     return [positive_int(x) for x in items]
 
 
-def add_model_argument(p: argparse.ArgumentParser) -> None:
+def add_model_argument(p: argparse.ArgumentParser, artifact: bool = False) -> None:
+    also = ", an exported artifact folder (scored through its runtime)" if artifact else ""
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"HF folder, .gguf file, hub id, or an embedded name (default: {DEFAULT_MODEL})")
+                   help=f"HF folder, .gguf file, hub id{also}, or an embedded name (default: {DEFAULT_MODEL})")
 
 
 def add_space_argument(p: argparse.ArgumentParser) -> None:

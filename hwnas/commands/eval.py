@@ -8,13 +8,14 @@ import time
 from . import add_model_argument, add_order_argument, emit_json, info, non_negative_int, positive_int
 
 NAME = "eval"
-HELP = "score a model or sub-network on lm-eval-style tasks (0-shot multiple choice) and perplexity"
+HELP = ("score a model, a sub-network or an exported artifact (through its own runtime) on lm-eval-style tasks "
+        "(0-shot multiple choice) and perplexity")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..evaluate.tasks import DEFAULT_TASKS, TASKS
 
-    add_model_argument(p)
+    add_model_argument(p, artifact=True)
     p.add_argument("--subnet", default=None, help='JSON file: {"layers": [...], "mlp_widths": [...]}')
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                    help=f"comma-separated; known: {', '.join(TASKS)}; text:PATH = perplexity on a text file")
@@ -46,6 +47,11 @@ def run(args: argparse.Namespace) -> int:
     for spec in specs:
         if spec.name.startswith(TEXT_PREFIX) and not Path(spec.file).is_file():
             raise TaskError(f"task {spec.name}: text file '{spec.file}' not found")
+    artifact = _artifact_folder(args.model)
+    if artifact is not None and args.subnet:
+        from ..errors import HwnasUserError
+
+        raise HwnasUserError(f"--model {args.model} is an exported artifact (one sub-network already); drop --subnet")
     if args.subnet:  # a bad sub-network file fails before the model loads, too
         from ..model import config_mlp_widths, load_config
         from ..subnet import Subnet
@@ -55,7 +61,18 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    if args.subnet:
+    source = None
+    if artifact is not None:
+        from ..evaluate.artifact import ArtifactModel
+        from ..export import FORMATS
+
+        model = ArtifactModel(artifact, threads=args.threads or 1)
+        tokenizer = model.tokenizer()
+        spec = FORMATS[model.format]
+        source = {"artifact": str(artifact), "format": model.format, "runtime": spec.runner or spec.backend}
+        info(f"artifact {artifact} ({model.format}): every logit from {source['runtime']}, token by token "
+             f"through its KV cache")
+    elif args.subnet:
         from . import open_supernet_from_args
 
         sn = open_supernet_from_args(args)
@@ -74,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
     result = ev.evaluate(model)
     if args.json:
         out = result.to_dict()
-        emit_json({"tasks": out["tasks"], "seconds": out["seconds"], "limit": out["limit"],
-                   "seed": out["seed"]})
+        doc = {"tasks": out["tasks"], "seconds": out["seconds"], "limit": out["limit"], "seed": out["seed"]}
+        if source is not None:
+            doc["artifact"] = {**source, "runtime_calls": model.steps}
+        emit_json(doc)
         return 0
     print(f"{'task':16} {'metric':>8} {'acc':>7} {'acc_norm':>8} {'stderr':>7} {'n':>6} {'ppl':>9} {'s':>7}")
     for name, tr in result.tasks.items():
@@ -86,3 +105,16 @@ def run(args: argparse.Namespace) -> int:
               f"{f(tr.ppl, '.2f'):>9} {tr.seconds:>7.1f}")
     print(f"evaluated in {result.seconds:.1f} s")
     return 0
+
+
+def _artifact_folder(model: str):
+    """The folder, when --model names an exported hwnas artifact (a folder with its manifest)."""
+    from pathlib import Path
+
+    folder = Path(model)
+    if not (folder.is_dir() and (folder / "manifest.json").is_file()):
+        return None
+    from ..export import read_manifest
+
+    read_manifest(folder)  # an unreadable manifest is a one-line error here
+    return folder

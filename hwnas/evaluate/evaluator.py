@@ -157,33 +157,41 @@ class Evaluator:
         return PreparedTask(spec, docs, Scorer(items, pack_tokens=pack_tokens))
 
     def evaluate(self, model, tasks: Sequence[str] | None = None) -> EvalResult:
-        """Score `model` (any transformers causal LM in memory: a base model or a materialized
-        sub-network) on every prepared task, or on the prepared `tasks` named."""
+        """Score `model` on every prepared task, or on the prepared `tasks` named: any transformers
+        causal LM in memory (a base model or a materialized sub-network), or an exported artifact
+        opened in its runtime (`evaluate.artifact.ArtifactModel`)."""
         names = list(self.tasks) if tasks is None else list(tasks)
         unknown = [n for n in names if n not in self.tasks]
         if unknown:
             raise TaskError(f"tasks {unknown} were not prepared; this evaluator has {list(self.tasks)}")
         t0 = time.perf_counter()
-        was_training = model.training
-        model.eval()
+        in_memory = hasattr(model, "train")
+        was_training = model.training if in_memory else False
+        if in_memory:
+            model.eval()
         try:
             results = {name: self._run(self.tasks[name], model) for name in names}
         finally:
-            model.train(was_training)
+            if in_memory:
+                model.train(was_training)
         return EvalResult(results, time.perf_counter() - t0, self.limit, self.seed)
 
     def _run(self, task: PreparedTask, model) -> TaskResult:
         spec = task.spec
         t0 = time.perf_counter()
+        artifact = hasattr(model, "score_item")
         if spec.kind == "perplexity":
             window = self.ppl_window or spec.window
-            r = perplexity(model, task.ids, window=window, stride=self.ppl_stride or min(spec.stride, window),
-                           max_windows=self.ppl_windows)
+            stride = self.ppl_stride or min(spec.stride, window)
+            if artifact:
+                r = model.perplexity(task.ids, window=window, stride=stride, max_windows=self.ppl_windows)
+            else:
+                r = perplexity(model, task.ids, window=window, stride=stride, max_windows=self.ppl_windows)
             return TaskResult(spec.name, spec.metric, spec.higher_is_better, r.windows,
                               time.perf_counter() - t0, ppl=r.ppl, tokens=r.tokens, window=r.window,
                               stride=r.stride)
         assert task.scorer is not None
-        scored = task.scorer.run(model)
+        scored = [model.score_item(it) for it in task.scorer.items] if artifact else task.scorer.run(model)
         return _summarize(spec, task.docs, scored, time.perf_counter() - t0)
 
 

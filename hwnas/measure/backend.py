@@ -340,6 +340,15 @@ class Backend:
         """The first output of the last step, as a numpy array (for correctness checks)."""
         raise NotImplementedError
 
+    def save_cache(self) -> Any:
+        """An opaque handle on the KV cache as it is now, for `restore_cache` (scoring several
+        continuations of one context after one prefill); None when the runtime cannot keep one."""
+        return None
+
+    def restore_cache(self, handle: Any) -> None:
+        """Put back the cache `save_cache` returned."""
+        raise NotImplementedError
+
     def synchronize(self) -> None:
         """Wait for queued work (GPU backends)."""
 
