@@ -29,18 +29,63 @@ def _write_ir(ctx: Any, compress: dict[str, Any] | None) -> None:
     module, io = build_module(ctx.model, "model")
     ov_model = convert_openvino(module, io, stateful=True)
     if compress is not None:
-        import contextlib
-        import logging
-        import sys
-
         import nncf
 
-        for h in logging.getLogger("nncf").handlers:  # its statistics table is progress, not output:
-            if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout:  # keep stdout machine-readable
-                h.setStream(sys.stderr)
-        with contextlib.redirect_stdout(sys.stderr):  # and its progress bar
-            ov_model = nncf.compress_weights(ov_model, **compress)
+        ov_model = _nncf_quiet(lambda: nncf.compress_weights(ov_model, **compress))
     save_openvino(ov_model, ctx.out / "openvino_stateful.xml")
+
+
+def _nncf_quiet(fn: Any) -> Any:
+    """Run an NNCF call with its statistics table and progress bars on stderr (stdout stays
+    machine-readable)."""
+    import contextlib
+    import logging
+    import sys
+
+    for h in logging.getLogger("nncf").handlers:
+        if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout:
+            h.setStream(sys.stderr)
+    with contextlib.redirect_stdout(sys.stderr):
+        return fn()
+
+
+W8A8_SAMPLES = 64  # calibration prompts (NNCF's default subset is 300; 64 keep an export under a minute here)
+W8A8_TOKENS = 128  # tokens per calibration prompt
+W8A8_ALPHA = 0.95  # SmoothQuant migration strength for MatMul (NNCF's TRANSFORMER default)
+
+
+def _write_w8a8(ctx: Any) -> None:
+    """W8A8: NNCF post-training quantization of weights *and* activations to int8 with SmoothQuant
+    (`nncf.quantize(model_type=TRANSFORMER)`), calibrated on Alpaca prompts (`hwnas.data`) fed as
+    prefills; quantized on the IR with its cache as inputs, then made stateful like the others."""
+    import nncf
+    import numpy as np
+
+    from hwnas.data import ALPACA, alpaca_texts, find_data_file
+    from hwnas.measure.graphs import build_module
+
+    from .onnx_export import convert_openvino, finish_openvino, save_openvino
+
+    module, io = build_module(ctx.model, "model")
+    ov_model = convert_openvino(module, io, stateful=False)
+    texts = alpaca_texts(find_data_file(ALPACA, ctx.data_dir))
+    samples = int(ctx.options.get("calibration_samples", W8A8_SAMPLES))
+    empty = [np.zeros((1, io.kv_heads, 0, io.head_dim), dtype=np.float32)] * len(io.past_names)
+    items = []
+    for text in texts:
+        ids = ctx.tokenizer(text, add_special_tokens=False)["input_ids"][:W8A8_TOKENS]
+        if len(ids) >= 16:
+            items.append(dict(zip(io.input_names, [np.asarray([ids], dtype=np.int64), *empty])))
+        if len(items) == samples:
+            break
+    params = nncf.AdvancedQuantizationParameters(
+        smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=float(ctx.options.get("alpha", W8A8_ALPHA))))
+    ov_model = _nncf_quiet(lambda: nncf.quantize(ov_model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
+                                                 preset=nncf.QuantizationPreset.MIXED, subset_size=len(items),
+                                                 advanced_parameters=params))
+    ctx.options["calibration"] = {"data": ALPACA, "prompts": len(items), "tokens_max": W8A8_TOKENS,
+                                  "smooth_quant_alpha": float(ctx.options.get("alpha", W8A8_ALPHA))}
+    save_openvino(finish_openvino(ov_model, io, stateful=True), ctx.out / "openvino_stateful.xml")
 
 
 def _write_fp32(ctx: Any) -> None:
@@ -85,6 +130,8 @@ class OpenVinoBackend(Backend):
                  "int8-weights", _write_int8, requires=("openvino", "nncf"))
         register("openvino-int4", "OpenVINO IR + NNCF INT4 group-wise weight compression (symmetric; embeddings "
                  "and head stay INT8)", "int4-weights", _write_int4, requires=("openvino", "nncf"), check=_check_int4)
+        register("openvino-w8a8", "OpenVINO IR + NNCF post-training INT8 of weights and activations with SmoothQuant "
+                 "(calibrated on Alpaca prompts)", "int8-w8a8", _write_w8a8, requires=("openvino", "nncf"))
 
     @classmethod
     def has_artifacts(cls, workdir: Path, config: Any) -> bool:

@@ -45,6 +45,7 @@ class ExportContext:
     options: dict[str, Any] = field(default_factory=dict)
     compression: Any = None  # hwnas.compression.Compression the runtime files must carry (None: fp32)
     source: str | None = None  # the base model's resolved path (a GGUF source lends its vocabulary)
+    data_dir: Any = None  # where calibration text is read (`hwnas.data`), for formats that calibrate
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class Format:
     runner: str | None = None  # the plugin that runs it for verify/run when `backend` only times it
     weights: str | None = None  # the one weight format it stores every block in (onnx-int8: int8)
     per_block: bool = False  # writes a compressed sub-network's per-block formats (`ctx.compression`)
-    # the folder `runner` prepares from, made from the artifact folder (None: the artifact folder itself)
+    # the folder `runner` prepares from, made from the artifact folder: a temporary folder, removed once the
+    # runner has read it (None: the artifact folder itself)
     runner_folder: Callable[[Path], Path] | None = None
     # the artifact's files a decode step streams, for the roofline (empty: every .bin / .onnx /
     # .onnx.data / .safetensors / .gguf file)
@@ -135,9 +137,16 @@ def open_runtime(art: Path, manifest: dict[str, Any], threads: int = 1):
     else:
         cfg = load_config(str(art))
         io = graph_io(cfg, "model", cfg.num_hidden_layers)
-    if fmt.runner_folder is not None:
-        art = fmt.runner_folder(art)
-    be.prepare(module, io, art)
+    if fmt.runner_folder is None:
+        be.prepare(module, io, art)
+        return be, io
+    import shutil
+
+    link = fmt.runner_folder(art)  # a temporary folder of the plugin's: gone once the runner has read it
+    try:
+        be.prepare(module, io, link)
+    finally:
+        shutil.rmtree(link, ignore_errors=True)
     return be, io
 
 
@@ -224,7 +233,7 @@ def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path |
     check_out(out, "export", legacy=is_unmarked_artifact)
     compression = _compression_for(subnet, fmt)
     model = sn.materialize(subnet.architecture)
-    ctx = ExportContext(model, sn.base.tokenizer, out, dict(options or {}), compression, sn.base.source)
+    ctx = ExportContext(model, sn.base.tokenizer, out, dict(options or {}), compression, sn.base.source, data_dir)
     if fmt.check:  # device / shape requirements first: they say what to do instead
         fmt.check(ctx)
     missing = [m for m in fmt.requires if importlib.util.find_spec(m) is None]

@@ -8,7 +8,7 @@ import pytest
 from hwnas.export import FORMATS, ExportError, export, generate, verify
 from hwnas.supernet import Supernet
 
-CPU_FORMATS = ["hf", "onnx", "onnx-int8", "openvino", "openvino-int8", "openvino-int4"]
+CPU_FORMATS = ["hf", "onnx", "onnx-int8", "onnx-int4", "openvino", "openvino-int8", "openvino-int4", "openvino-w8a8"]
 SUBNET = {"layers": [0, 2, 3], "mlp_widths": [256, 128, 192]}
 
 
@@ -49,6 +49,22 @@ def test_format_round_trip(fmt, artifacts):
     assert isinstance(text, str)
 
 
+def test_w8a8_quantizes_activations_after_calibration(artifacts):
+    """openvino-w8a8 is NNCF's post-training quantization (activations too, SmoothQuant), not weight
+    compression: the IR carries activation FakeQuantize nodes, and the manifest its calibration."""
+    from collections import Counter
+
+    import openvino as ov
+
+    out, m = artifacts["openvino-w8a8"]
+    ops = Counter(op.get_type_name() for op in ov.Core().read_model(out / "openvino_stateful.xml").get_ops())
+    assert ops["FakeQuantize"] >= 4 and ops["ReadValue"] > 0  # quantized, and still stateful
+    cal = m["options"]["calibration"]
+    assert cal["prompts"] > 0 and cal["data"].startswith("alpaca") and cal["smooth_quant_alpha"] == 0.95
+    _, weights_only = artifacts["openvino-int8"]
+    assert "calibration" not in weights_only["options"]
+
+
 def test_tampered_file_fails_verify(artifacts, tmp_path):
     import shutil
 
@@ -85,11 +101,16 @@ def test_deepsparse_sparse_artifact(tiny_sn, tmp_path, monkeypatch):
     if not ok:
         pytest.skip(why)
     monkeypatch.setenv("HWNAS_GRAPH_CACHE", str(tmp_path / "graphs"))
+    import tempfile
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     m = export(tiny_sn, tiny_sn.parse_subnet(SUBNET), "deepsparse", tmp_path / "ds", prefill=8, decode=2,
                options={"sparsity": 0.5})
     assert m["options"]["achieved_sparsity"]["mlp"] == pytest.approx(0.5, abs=0.02)
     assert 0 < m["verification"]["top1_agreement"] <= 1 and m["measured"]["decode_ms_per_token"] > 0
     assert verify(tmp_path / "ds")["ok"]
+    assert not list((tmp_path / "tmp").glob("hwnas-verify-*"))  # the runner's link folders are gone
     dense = tiny_sn.materialize(tiny_sn.parse_subnet(SUBNET))  # pruning worked on a copy, not the super-network
     assert (dense.model.layers[0].mlp.gate_proj.weight == 0).float().mean() < 0.01
 
