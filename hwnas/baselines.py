@@ -18,10 +18,11 @@ docs/formats.md; re-running reuses finished exports and scores.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class Point:
     prefill_speedup: dict[str, float] = field(default_factory=dict)
     dominates: list[str] = field(default_factory=list)
     dominated_by: list[str] = field(default_factory=list)
+    runtime_files: str = ""  # one digest of the files the runtime loads (equal: the same artifact)
 
     @property
     def label(self) -> str:
@@ -172,8 +174,6 @@ def run_baselines(sn: Any, backend: str, out: str | Path, *, formats: list[str] 
     windows = heldout_windows(sn.base.tokenizer, ppl_windows, ppl_window, data_dir)
     previous = {}
     if (out / RESULT).is_file():
-        import json
-
         try:  # what an earlier (maybe interrupted) run finished; anything unreadable is redone
             previous = {(p["name"], p["format"]): p for p in json.loads((out / RESULT).read_text())["points"]}
         except (ValueError, KeyError, TypeError):
@@ -202,6 +202,7 @@ def run_baselines(sn: Any, backend: str, out: str | Path, *, formats: list[str] 
                     p.ppl, p.ppl_torch = done["ppl"], done["ppl_torch"]
                     torch_ppl = p.ppl_torch
                 p.params, p.size_mb = m["parameters"], m["size_mb"]
+                p.runtime_files = runtime_digest(folder, m)
                 points.append(p)
                 write_json(out / RESULT, _result(sn, backend, points, windows, rounds, prefill, decode, threads,
                                                  repeats, partial=True))
@@ -212,7 +213,7 @@ def run_baselines(sn: Any, backend: str, out: str | Path, *, formats: list[str] 
                 raise HwnasUserError(f"--compare {folder}: a {m['format']} artifact runs on "
                                      f"{FORMATS[m['format']].backend}, not {backend}")
             p = Point(folder.name, "compare", m["format"], m["subnet"], str(folder), params=m["parameters"],
-                      size_mb=m["size_mb"])
+                      size_mb=m["size_mb"], runtime_files=runtime_digest(folder, m))
             say(f"scoring {p.label} through {backend}")
             p.ppl = artifact_perplexity(folder, windows, threads)
             p.ppl_torch = torch_perplexity(sn.materialize(Subnet.from_dict(m["subnet"]), share_weights=True),
@@ -228,29 +229,65 @@ def run_baselines(sn: Any, backend: str, out: str | Path, *, formats: list[str] 
             p.peak_mb.append(ms["peak_mem_mb"])
             p.loads.append(ms["load"])
 
+        # the noise floor of this run: the first compressed base (the recipe to beat) measured twice
+        # per round, as two points; a ratio between two points means something only beyond it
+        twinned = next((p for p in points if p.kind == "base" and p.format != formats[0]), points[0])
+        points.append(Point(twinned.name, "twin", twinned.format, twinned.subnet, twinned.folder, twinned.params,
+                            twinned.size_mb, twinned.ppl, twinned.ppl_torch, runtime_files=twinned.runtime_files))
         interleaved(range(len(points)), rounds, measure, seed=seed)
-        _compare(points, formats[0], ppl_tolerance)
+        margin = _compare(points, formats[0], ppl_tolerance)
         result = _result(sn, backend, points, windows, rounds, prefill, decode, threads, repeats, partial=False)
         result["ppl_tolerance"] = ppl_tolerance
+        result["noise_margin"] = round(margin, 4)
         write_json(out / RESULT, result)
         write_text(out / TABLE, table(result))
     return result
 
 
-def _compare(points: list[Point], reference_format: str, tol: float) -> None:
-    """Speed-ups vs the fp32 base of each round, and dominance: a point dominates another when it is
-    at least as accurate (ppl within `tol`) and faster in every round (so not within the noise)."""
+def runtime_digest(folder: Path, manifest: dict[str, Any]) -> str:
+    """One digest of the files an artifact's runtime loads (from the manifest's sha256 of each):
+    two artifacts with equal digests are the same network in the same format, whatever their names."""
+    import hashlib
+
+    from .export import FORMATS
+
+    fmt = FORMATS[manifest["format"]]
+    files = manifest.get("files", {})
+    names = [n for n in files if n in fmt.weight_files or (not fmt.weight_files and n.endswith(RUNTIME_SUFFIXES))]
+    return hashlib.sha256(json.dumps(sorted((n, files[n]) for n in names)).encode()).hexdigest()[:16]
+
+
+RUNTIME_SUFFIXES = (".onnx", ".onnx.data", ".xml", ".bin", ".gguf", ".safetensors")
+
+
+def noise_margin(twin_ratios: Sequence[float]) -> float:
+    """How far from 1 the per-round decode ratio of an artifact to *itself* (measured twice per
+    round, as two points) went in this run: a ratio between two points is a difference only
+    beyond it."""
+    return max((abs(r - 1) for r in twin_ratios), default=0.0)
+
+
+def _compare(points: list[Point], reference_format: str, tol: float) -> float:
+    """Speed-ups vs the fp32 base of each round, the run's noise margin (`noise_margin` of the twin
+    point, if measured), and dominance: a point dominates another when it is at least as accurate
+    (ppl within `tol`) and faster in every round by more than the noise margin. Returns the margin."""
     ref = next(p for p in points if p.kind == "base" and p.format == reference_format)
     for p in points:
         p.decode_speedup = ratio_spread([b / a for a, b in zip(p.decode_ms, ref.decode_ms)])
         p.prefill_speedup = ratio_spread([b / a for a, b in zip(p.prefill_ms, ref.prefill_ms)])
+    twin = next((p for p in points if p.kind == "twin"), None)
+    margin = 0.0
+    if twin is not None:
+        orig = next(p for p in points if p.kind == "base" and p.folder == twin.folder)
+        margin = noise_margin([b / a for a, b in zip(twin.decode_ms, orig.decode_ms)])
     for a in points:
         for b in points:
-            if a is b or b.kind == "compare" and a.kind == "compare":
+            if a is b or "twin" in (a.kind, b.kind) or b.kind == "compare" and a.kind == "compare":
                 continue
-            if a.ppl <= b.ppl * (1 + tol) and all(x < y for x, y in zip(a.decode_ms, b.decode_ms)):
+            if a.ppl <= b.ppl * (1 + tol) and all(y / x > 1 + margin for x, y in zip(a.decode_ms, b.decode_ms)):
                 a.dominates.append(b.label)
                 b.dominated_by.append(a.label)
+    return margin
 
 
 def _result(sn: Any, backend: str, points: list[Point], windows: list[np.ndarray], rounds: int, prefill: int,
@@ -282,36 +319,52 @@ def table(result: dict[str, Any]) -> str:
         dec, pre = p["decode_ms"], p["prefill_ms"]
         s = p["decode_speedup"]
         lines.append(
-            f"| {p['name']}{' (compared)' if p['kind'] == 'compare' else ''} | {p['format']} | {p['params'] / 1e6:.1f} | "
+            f"| {p['name']}{LABEL_SUFFIX.get(p['kind'], '')} | {p['format']} | {p['params'] / 1e6:.1f} | "
             f"{p['size_mb']:.0f} | {p['ppl']:.2f} | {p['ppl_torch']:.2f} | "
             f"{statistics.median(pre):.1f} ({min(pre):.1f}-{max(pre):.1f}) | "
             f"{statistics.median(dec):.2f} ({min(dec):.2f}-{max(dec):.2f}) | "
             f"{s['median']:.2f}x ({s['lo']:.2f}-{s['hi']:.2f}) | {statistics.median(p['peak_mb']):.0f} | "
             f"{', '.join(p['dominated_by']) or '-'} |")
     lines += ["", *verdicts(result)]
+    if "noise_margin" in result:
+        lines.append(f"- noise: the twin (one artifact measured as two points each round) decoded within "
+                     f"±{result['noise_margin']:.1%} of itself; a speed difference is claimed only beyond that.")
     return "\n".join(lines) + "\n"
+
+
+LABEL_SUFFIX = {"compare": " (compared)", "twin": " (noise twin)"}
 
 
 def verdicts(result: dict[str, Any]) -> list[str]:
     """One line per compared artifact: the fastest baseline at least as accurate as it (ppl within
     the tolerance), the decode ratio between them per round, and what dominates it."""
     tol = result.get("ppl_tolerance", 0.01)
+    margin = result.get("noise_margin", 0.0)
     pts = result["points"]
-    base = [p for p in pts if p["kind"] != "compare"]
+    base = [p for p in pts if p["kind"] not in ("compare", "twin")]
     out = []
     for c in (p for p in pts if p["kind"] == "compare"):
-        peers = [b for b in base if b["ppl"] <= c["ppl"] * (1 + tol)]
         head = f"- {c['name']} ({c['format']}, ppl {c['ppl']:.2f}, decode {statistics.median(c['decode_ms']):.2f} ms/token): "
+        same = [b for b in base if c.get("runtime_files") and b.get("runtime_files") == c["runtime_files"]]
+        if same:
+            b = same[0]
+            r = [y / x for x, y in zip(c["decode_ms"], b["decode_ms"])]
+            out.append(head + f"the same artifact as the baseline {b['name']} {b['format']} (identical runtime files): "
+                       f"the search found nothing better than that recipe; the decode ratio measured between the two "
+                       f"copies, {statistics.median(r):.2f}x (rounds {min(r):.2f}-{max(r):.2f}), is noise.")
+            continue
+        peers = [b for b in base if b["ppl"] <= c["ppl"] * (1 + tol)]
         if not peers:
             out.append(head + "no baseline is as accurate; " + _vs_best(c, base))
             continue
         best = min(peers, key=lambda b: statistics.median(b["decode_ms"]))
         r = [b / a for a, b in zip(c["decode_ms"], best["decode_ms"])]
-        word = "faster than" if min(r) > 1 else "slower than" if max(r) < 1 else "within the noise of"
+        word = ("faster than" if min(r) > 1 + margin else "slower than" if max(r) < 1 - margin
+                else "within the noise of")
         out.append(head + f"the fastest baseline at least as accurate is {best['name']} {best['format']} "
                    f"(ppl {best['ppl']:.2f}, decode {statistics.median(best['decode_ms']):.2f}); the compared "
-                   f"artifact decodes {statistics.median(r):.2f}x its speed (rounds {min(r):.2f}-{max(r):.2f}): "
-                   f"{word} it. Dominated by: {', '.join(c['dominated_by']) or 'none'}.")
+                   f"artifact decodes {statistics.median(r):.2f}x its speed (rounds {min(r):.2f}-{max(r):.2f}; "
+                   f"noise ±{margin:.1%}): {word} it. Dominated by: {', '.join(c['dominated_by']) or 'none'}.")
     return out
 
 

@@ -25,9 +25,13 @@ def test_baselines_end_to_end_on_a_tiny_model(tiny_model_dir: Path, tmp_path: Pa
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads((out / "baselines.json").read_text())
     assert not result["partial"]
-    names = sorted((p["name"], p["format"]) for p in result["points"])
+    names = sorted((p["name"], p["format"]) for p in result["points"] if p["kind"] != "twin")
     assert names == [("base", "onnx"), ("drop-1", "onnx"), ("width-128", "onnx")]
-    by = {(p["name"], p["format"]): p for p in result["points"]}
+    # the run's noise floor: the recipe to beat measured a second time per round, as its own point
+    twin = [p for p in result["points"] if p["kind"] == "twin"]
+    assert len(twin) == 1 and twin[0]["name"] == "base" and len(twin[0]["decode_ms"]) == 2
+    assert result["noise_margin"] >= 0 and "noise twin" in res.stdout and "±" in res.stdout
+    by = {(p["name"], p["format"]): p for p in result["points"] if p["kind"] != "twin"}
     base = by[("base", "onnx")]
     assert base["decode_speedup"]["median"] == 1.0  # the reference of every round
     for p in result["points"]:
@@ -81,3 +85,22 @@ def test_baselines_refuses_bad_input_in_one_line(tiny_model_dir: Path, tmp_path:
         assert len(lines) == 1 and needle in lines[0], (extra, r.stderr)
     assert (user / "notes.txt").read_text() == "keep" and sorted(p.name for p in user.iterdir()) == ["notes.txt"]
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_compared_copy_of_a_baseline_is_named_as_such_and_noise_is_not_a_win():
+    """The demo's search shipped base int8, byte for byte the `base onnx-int8` baseline, and three
+    interleaved rounds measured it 1.07-1.10x faster: the verdict names the identity instead, and a
+    ratio inside the twin's noise is not "faster"."""
+    from hwnas.baselines import verdicts
+
+    def point(name, kind, ppl, dec, files):
+        return {"name": name, "kind": kind, "format": "onnx-int8", "ppl": ppl, "decode_ms": dec,
+                "runtime_files": files, "dominated_by": []}
+
+    base = point("base", "base", 82.7, [24.1, 24.3, 24.2], "aaa")
+    same = point("art", "compare", 82.7, [22.5, 22.6, 21.9], "aaa")
+    close = point("art2", "compare", 82.7, [23.0, 23.1, 22.9], "bbb")
+    lines = verdicts({"points": [base, same, close], "noise_margin": 0.08})
+    assert "the same artifact as the baseline base onnx-int8" in lines[0] and "is noise" in lines[0]
+    assert "within the noise of it" in lines[1]
+    assert "faster than it" in verdicts({"points": [base, close], "noise_margin": 0.02})[0]
