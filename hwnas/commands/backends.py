@@ -28,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
             raise BackendError(f"backend '{args.setup}' has no setup step (--setup is for backends that need "
                                "something made first)")
         cls.setup(log=info)
+    from ..export import FORMATS
+
     rows = []
     for name in backend_names():
         try:
@@ -38,13 +40,15 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:  # a broken plugin is listed, not fatal
             ok, why, versions, formats = False, f"failed to load: {type(exc).__name__}: {exc}", {}, []
         rows.append({"name": name, "available": ok, "reason": why, "versions": versions,
-                     "weight_formats": formats})
+                     "weight_formats": formats,
+                     "artifact_formats": [f for f, spec in FORMATS.items() if spec.backend == name]})
     if args.json:
         emit_json(rows)
         return 0
     for r in rows:
         status = "yes" if r["available"] else "no "
         detail = ", ".join(f"{k} {v}" for k, v in r["versions"].items()) if r["available"] else r["reason"]
-        fmts = f"  [weight formats: {', '.join(r['weight_formats'])}]" if r["available"] else ""
+        fmts = (f"  [weight formats: {', '.join(r['weight_formats'])}; `hwnas export --format`: "
+                f"{', '.join(r['artifact_formats']) or '-'}]") if r["available"] else ""
         print(f"{r['name']:<12} {status}  {detail}{fmts}")
     return 0

@@ -15,8 +15,9 @@ from . import (
 )
 
 NAME = "export"
-HELP = ("export a sub-network (hf, onnx, onnx-int8, openvino, openvino-int8, openvino-int4, gguf, gguf-f16, "
-        "gguf-q8_0, gguf-q4_k_m, bnb-int8, deepsparse)")
+# the formats are the backend plugins' (`register_formats`), listed by `hwnas backends` and by an
+# unknown --format; not repeated here, where a new plugin's would be missing
+HELP = "export a sub-network as a deployable artifact, verified against torch and measured"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--subnet", help="sub-network JSON file")
     g.add_argument("--run", help="a search run folder (with --pick N: the evaluation with that index)")
     p.add_argument("--pick", type=non_negative_int, default=None, help="index of the run's evaluation to export")
-    p.add_argument("--format", required=True, help="artifact format (see `hwnas export --help`)")
+    p.add_argument("--format", required=True, help="artifact format, as the backend plugins register them (`hwnas backends` lists them; "
+                                                "e.g. onnx, onnx-int8, openvino-int8, gguf-q8_0)")
     p.add_argument("--out", required=True,
                    help="artifact folder (new, empty, or an hwnas artifact: then replaced)")
     add_order_argument(p)
