@@ -184,7 +184,8 @@ def quantize_onnx(src: Path, dst: Path, weights: Any, *, external_data: bool | N
         model = onnx.load(str(src))
         # the quantizer takes every MatMul of its op types, `nodes_to_include` only adds to them: so
         # name what it must leave instead
-        others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(chosen["int4"])]
+        int4 = set(chosen["int4"])
+        others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in int4]
         q = MatMulNBitsQuantizer(model, bits=INT4.bits, block_size=INT4.group_size, is_symmetric=INT4.symmetric,
                                  accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=others)
         _quiet(q.process)

@@ -118,15 +118,11 @@ def backend_formats(backend: str, wanted: list[str] | None = None) -> list[str]:
 def artifact_perplexity(folder: Path, windows: list[np.ndarray], threads: int = 1) -> float:
     """Perplexity of an exported artifact through its own runtime, token by token through its KV
     cache (every token of each window after the first is scored, as `perplexity` scores a window)."""
-    from .export import _log_softmax, open_runtime, read_manifest, stream_logits
+    from .evaluate.artifact import ArtifactModel
 
-    be, io = open_runtime(folder, read_manifest(folder), threads=threads)
-    nll, n = 0.0, 0
-    for ids in windows:
-        logits = stream_logits(be, io, ids).astype(np.float64)
-        nll -= float(_log_softmax(logits)[np.arange(len(ids) - 1), ids[1:]].sum())
-        n += len(ids) - 1
-    return math.exp(nll / n)
+    art = ArtifactModel(folder, threads=threads)
+    scored = [art.window_nll(ids) for ids in windows]
+    return math.exp(sum(a for a, _ in scored) / sum(n for _, n in scored))
 
 
 def torch_perplexity(model: Any, windows: list[np.ndarray]) -> float:

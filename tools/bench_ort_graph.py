@@ -52,11 +52,23 @@ def _feeds(sess, seq: int, past: int):
                      else rng.standard_normal((1, 3, past, 64)).astype(np.float32)) for i in sess.get_inputs()}
 
 
+def _median_ms(sess, feeds, *, warmup: int, repeats: int) -> float:
+    """Median ms of `repeats` runs of `feeds` after `warmup` untimed ones (the cache input is fed
+    each time, so every run is the same step)."""
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts)
+
+
 def _variants(src: Path, out: Path) -> dict[str, Path]:
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from hwnas_backends.onnxruntime_backend import _nbits_quantizer, _quiet
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out.mkdir(parents=True, exist_ok=True)
     v = {"fp32": src}
@@ -139,22 +151,8 @@ def main() -> int:
         rng.shuffle(order)
         for name in order:
             s = sessions[name]
-            fd, fp = _feeds(s, 1, 128), _feeds(s, 128, 0)
-            for _ in range(3):
-                s.run(None, fd)
-            ts = []
-            for _ in range(15):
-                t = time.perf_counter()
-                s.run(None, fd)
-                ts.append((time.perf_counter() - t) * 1e3)
-            dec[name].append(statistics.median(ts))
-            s.run(None, fp)
-            ts = []
-            for _ in range(3):
-                t = time.perf_counter()
-                s.run(None, fp)
-                ts.append((time.perf_counter() - t) * 1e3)
-            pre[name].append(statistics.median(ts))
+            dec[name].append(_median_ms(s, _feeds(s, 1, 128), warmup=3, repeats=15))
+            pre[name].append(_median_ms(s, _feeds(s, 128, 0), warmup=1, repeats=3))
     print(f"# {cpu_model()}, 1 thread, {args.rounds} interleaved rounds (decode: 1 token at 128 of context; "
           "prefill: 128 tokens)")
     if (out / "fusions.json").is_file():

@@ -22,6 +22,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def _cell(result, name: str) -> str:
+    """A task's score as the table prints it: acc_norm (else acc) ± stderr, or the perplexity."""
+    if result is None:
+        return "-"
+    x = result.tasks[name]
+    if x.ppl is not None and x.acc is None:
+        return f"ppl {x.ppl:.2f}"
+    v, se = (x.acc_norm, x.stderr_norm) if x.acc_norm is not None else (x.acc, x.stderr)
+    return f"{v:.4f} ± {se:.4f}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("artifacts", nargs="*")
@@ -79,18 +90,9 @@ def main() -> int:
             ref = ev.evaluate(model)
             s_torch = time.perf_counter() - t
         agree = ref.agreement(got) if ref is not None else {}
-        for name, tr in got.tasks.items():
-            def fmt(r):
-                if r is None:
-                    return "-"
-                x = r.tasks[name]
-                if x.ppl is not None and x.acc is None:
-                    return f"ppl {x.ppl:.2f}"
-                v, se = (x.acc_norm, x.stderr_norm) if x.acc_norm is not None else (x.acc, x.stderr)
-                return f"{v:.4f} ± {se:.4f}"
-
+        for name in got.tasks:
             ratio = f"{s_rt / s_torch:.2f}" if s_torch else "-"
-            print(f"| {folder.name} | {m['format']} | {name} | {fmt(got)} | {fmt(ref)} | "
+            print(f"| {folder.name} | {m['format']} | {name} | {_cell(got, name)} | {_cell(ref, name)} | "
                   f"{agree.get(name, float('nan')):.1%} | {s_rt:.0f} | {s_torch or 0:.0f} | {ratio} |", flush=True)
             rows.append({"artifact": str(folder), "format": m["format"], "task": name,
                          "runtime": got.tasks[name].to_dict(), "torch": ref.tasks[name].to_dict() if ref else None,

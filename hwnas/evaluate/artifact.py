@@ -26,12 +26,6 @@ from .perplexity import PerplexityResult
 from .scoring import LogLikelihood, TokRequest
 
 
-def _log_probs(logits: np.ndarray) -> np.ndarray:
-    x = np.asarray(logits, dtype=np.float64).reshape(-1)
-    m = x.max()
-    return x - m - math.log(np.exp(x - m).sum())
-
-
 class ArtifactModel:
     """An exported artifact folder opened in its runtime (`hwnas.export.open_runtime`)."""
 
@@ -55,12 +49,11 @@ class ArtifactModel:
     def _step(self, ids: Sequence[int]) -> np.ndarray:
         import torch
 
+        from ..export import _last_logits, _log_softmax
+
         self.backend.step(torch.as_tensor([list(ids)], dtype=torch.long))
         self.steps += 1
-        out = self.backend.outputs()
-        if hasattr(out, "detach"):
-            out = out.detach().float().cpu().numpy()
-        return _log_probs(np.asarray(out).reshape(-1)[-self.io.vocab_size:])
+        return _log_softmax(_last_logits(self.backend, self.io.vocab_size).astype(np.float64))
 
     def _continue(self, first: np.ndarray, continuation: Sequence[int]) -> LogLikelihood:
         """Score `continuation` given the log-probabilities `first` of its first token."""
@@ -88,10 +81,17 @@ class ArtifactModel:
             out.append(self._continue(first, r.continuation))
         return out
 
+    def window_nll(self, w: np.ndarray, lo: int = 0) -> tuple[float, int]:
+        """Summed negative log-likelihood of the tokens of window `w` after position `lo`, fed from
+        its first token one at a time through the cache (`export.stream_logits`), and their count."""
+        from ..export import _log_softmax, stream_logits
+
+        lp = _log_softmax(stream_logits(self.backend, self.io, w).astype(np.float64))
+        self.steps += len(w) - 1
+        return -float(lp[np.arange(lo, len(w) - 1), w[lo + 1:]].sum()), len(w) - 1 - lo
+
     def perplexity(self, ids: Any, *, window: int, stride: int, max_windows: int | None) -> PerplexityResult:
         """`evaluate.perplexity`'s windows and scored positions, through the runtime token by token."""
-        from ..export import stream_logits
-
         t0 = time.perf_counter()
         ids = np.asarray(ids).reshape(-1)
         window = min(window, len(ids))
@@ -99,13 +99,7 @@ class ArtifactModel:
         starts = list(range(0, max(1, len(ids) - window + 1), stride))[: max_windows or None]
         nll, count = 0.0, 0
         for s in starts:
-            w = ids[s: s + window]
-            logits = stream_logits(self.backend, self.io, w).astype(np.float64)
-            self.steps += window - 1
-            lo = max(window - stride - 1, 0) if s else 0
-            m = logits.max(-1, keepdims=True)
-            lp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
-            nll -= float(lp[np.arange(lo, window - 1), w[lo + 1:]].sum())
-            count += window - 1 - lo
+            a, n = self.window_nll(ids[s: s + window], max(window - stride - 1, 0) if s else 0)
+            nll, count = nll + a, count + n
         return PerplexityResult(ppl=math.exp(nll / count), tokens=count, windows=len(starts), window=window,
                                 stride=stride, seconds=time.perf_counter() - t0)

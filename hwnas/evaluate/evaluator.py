@@ -165,7 +165,7 @@ class Evaluator:
         if unknown:
             raise TaskError(f"tasks {unknown} were not prepared; this evaluator has {list(self.tasks)}")
         t0 = time.perf_counter()
-        in_memory = hasattr(model, "train")
+        in_memory = not _is_artifact(model)
         was_training = model.training if in_memory else False
         if in_memory:
             model.eval()
@@ -179,7 +179,7 @@ class Evaluator:
     def _run(self, task: PreparedTask, model) -> TaskResult:
         spec = task.spec
         t0 = time.perf_counter()
-        artifact = hasattr(model, "score_item")
+        artifact = _is_artifact(model)
         if spec.kind == "perplexity":
             window = self.ppl_window or spec.window
             stride = self.ppl_stride or min(spec.stride, window)
@@ -193,6 +193,11 @@ class Evaluator:
         assert task.scorer is not None
         scored = [model.score_item(it) for it in task.scorer.items] if artifact else task.scorer.run(model)
         return _summarize(spec, task.docs, scored, time.perf_counter() - t0)
+
+
+def _is_artifact(model) -> bool:
+    """An exported artifact in its runtime (`evaluate.artifact.ArtifactModel`), not a torch model."""
+    return hasattr(model, "score_item")
 
 
 def _summarize(spec: TaskSpec, docs: list[Doc], scored: list[list[LogLikelihood]], seconds: float) -> TaskResult:
