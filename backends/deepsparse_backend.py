@@ -6,8 +6,10 @@ shape; prefill uses a graph without cache inputs (DeepSparse hands a zero-length
 ORT instead of its own engine), decode a graph with a cache of the asked-for length, re-run at
 that length for every step (static shapes: the cache does not grow).
 
-The plugin also declares the `deepsparse` artifact format (`register_formats`): magnitude-pruned
-linears, the two graphs DeepSparse compiles, verified by ONNX Runtime on the decode graph."""
+The plugin also declares the `deepsparse` artifact format (`register_formats`): the two graphs
+DeepSparse compiles, verified by ONNX Runtime on the decode graph. A model that is already sparse
+(`hwnas prune`, `hwnas recover`) keeps its zeros; a dense one is magnitude-pruned (`--sparsity`,
+default 0.7: the baseline, unusable without recovery)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ REQUIREMENTS = [f"deepsparse=={VERSION}", "onnx==1.14.1", "numpy<2"]
 ENV_VAR = "HWNAS_DEEPSPARSE_PYTHON"
 READY_VENV = "hwnas-venv-ready"
 READY = "deepsparse.ready"  # written once both graphs are converted
+DEFAULT_SPARSITY = 0.7  # magnitude pruning of a dense model when --sparsity is not given
 OPSET, IR_VERSION = 18, 8  # deepsparse 1.8's bundled ORT reads opset <= 19 and IR <= 9 (torch: 20+, 10)
 
 
@@ -87,27 +90,19 @@ def _has_deepsparse(py: Path) -> bool:
     return any((root / "lib").glob(f"python3*/site-packages/deepsparse-{VERSION}.dist-info"))
 
 
-def magnitude_prune(model: Any, sparsity: float) -> dict[str, float]:
-    """Zero the smallest-|w| fraction of every attention and MLP linear, per matrix (unstructured).
-    Embeddings, norms and the LM head stay dense. Returns the achieved sparsity per kind."""
-    import torch
+def sparsify(model: Any, asked: float | None) -> dict[str, Any]:
+    """Make `model` sparse for DeepSparse: a pruned model (hwnas prune / recover) keeps its zeros
+    unless `asked` names a sparsity; a dense one is magnitude-pruned to `asked` (default 0.7).
+    Returns the manifest's record of what was done."""
+    from hwnas.prune import SPARSE_MODEL_AT, achieved_sparsity, magnitude_prune
 
-    zeros = {"attention": 0, "mlp": 0}
-    total = {"attention": 0, "mlp": 0}
-    with torch.no_grad():
-        for layer in model.model.layers:
-            for kind, block in (("attention", layer.self_attn), ("mlp", layer.mlp)):
-                for lin in block.modules():
-                    if not isinstance(lin, torch.nn.Linear):
-                        continue
-                    w = lin.weight
-                    k = int(sparsity * w.numel())
-                    if k:
-                        cut = w.abs().flatten().kthvalue(k).values
-                        w.masked_fill_(w.abs() <= cut, 0.0)
-                    zeros[kind] += int((w == 0).sum())
-                    total[kind] += w.numel()
-    return {k: zeros[k] / total[k] for k in zeros}
+    if asked is None and achieved_sparsity(model)["overall"] >= SPARSE_MODEL_AT:
+        how = "kept the model's zeros (a pruned model: hwnas prune / recover)"
+    else:
+        target = DEFAULT_SPARSITY if asked is None else float(asked)
+        magnitude_prune(model, target)
+        how = f"magnitude, {target:.0%} of every decoder linear (no calibration, no recovery)"
+    return {"pruning": how, "achieved_sparsity": achieved_sparsity(model)}
 
 
 def _check_artifact(ctx: Any) -> None:
@@ -116,8 +111,8 @@ def _check_artifact(ctx: Any) -> None:
     ok, why = DeepSparseBackend.available()
     if not ok:
         raise ExportError(f"deepsparse format: {why}")
-    s = float(ctx.options.get("sparsity", 0.7))
-    if not 0.0 <= s < 1.0:
+    s = ctx.options.get("sparsity")
+    if s is not None and not 0.0 <= float(s) < 1.0:
         raise ExportError(f"--sparsity must be in [0, 1), got {s}")
 
 
@@ -126,7 +121,7 @@ def _write_artifact(ctx: Any) -> None:
 
     from .onnx_export import export_onnx
 
-    ctx.options["achieved_sparsity"] = magnitude_prune(ctx.model, float(ctx.options.get("sparsity", 0.7)))
+    ctx.options.update(sparsify(ctx.model, ctx.options.get("sparsity")))
     module, io = build_module(ctx.model, "model")
     export_onnx(module, io, ctx.out / "deepsparse_prefill.onnx", with_past=False, opset=OPSET, ir_version=IR_VERSION)
     export_onnx(module, io, ctx.out / "deepsparse_decode.onnx", opset=OPSET, ir_version=IR_VERSION)
@@ -159,8 +154,9 @@ class DeepSparseBackend(Backend):
 
     @classmethod
     def register_formats(cls, register: Any) -> None:
-        register("deepsparse", "magnitude-pruned (unstructured) attention and MLP linears, ONNX compiled by "
-                 "DeepSparse 1.8 (the only runtime here that turns unstructured sparsity into speed)", "fp32-sparse",
+        register("deepsparse", "sparse attention and MLP linears (a pruned model's zeros, else magnitude "
+                 "--sparsity), ONNX compiled by DeepSparse 1.8 (the only runtime here that turns unstructured "
+                 "sparsity into speed)", "fp32-sparse",
                  _write_artifact, requires=("onnx",), check=_check_artifact, runner="onnxruntime",
                  runner_folder=_runner_folder, weight_files=("deepsparse_decode.onnx",))
 

@@ -20,6 +20,8 @@ COMMANDS = (
     "hwnas.commands.profile",
     "hwnas.commands.bench",
     "hwnas.commands.finetune",
+    "hwnas.commands.prune",
+    "hwnas.commands.recover",
     "hwnas.commands.search",
     "hwnas.commands.report",
     "hwnas.commands.latency",

@@ -44,19 +44,25 @@ RULES = ("alternate", "sandwich")
 
 
 @dataclass
-class FinetuneConfig:
+class TrainingConfig:
+    """What every training loop here shares (fine-tuning, recovery): batches, schedule, checkpoints."""
+
     steps: int = 200
     batch_size: int = 2
     seq_len: int = 256
     lr: float = 5e-5
     warmup: int = 10
     weight_decay: float = 0.0
-    rule: str = "alternate"
-    kd: bool = True
     seed: int = 0
     data: str = "alpaca"
     save_every: int = 50
     freeze_embeddings: bool = True  # the tied 49k x 576 embedding is a third of SmolLM2's weights
+
+
+@dataclass
+class FinetuneConfig(TrainingConfig):
+    rule: str = "alternate"
+    kd: bool = True
 
 
 def training_tokens(tokenizer, data: str, data_dir: str | Path | None = None) -> torch.Tensor:
@@ -76,7 +82,7 @@ def training_tokens(tokenizer, data: str, data_dir: str | Path | None = None) ->
     return torch.tensor(ids, dtype=torch.long)
 
 
-def batch_for_step(stream: torch.Tensor, step: int, cfg: FinetuneConfig) -> torch.Tensor:
+def batch_for_step(stream: torch.Tensor, step: int, cfg: TrainingConfig) -> torch.Tensor:
     """Deterministic in (seed, step): a resumed run sees the same batches."""
     n = stream.numel() // cfg.seq_len
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -166,23 +172,7 @@ def finetune(sn: Supernet, space: SearchSpace, cfg: FinetuneConfig, out: str | P
     stream = training_tokens(tok, cfg.data, data_dir)
     if stream.numel() < cfg.seq_len * 4:
         raise HwnasUserError(f"fine-tuning data has only {stream.numel()} tokens")
-    if cfg.freeze_embeddings:
-        model.model.embed_tokens.weight.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = 0
-    if resume and (ckpt / "state.json").is_file():
-        state = json.loads((ckpt / "state.json").read_text())
-        if state["config"] != asdict(cfg):
-            raise HwnasUserError(f"{ckpt} was written with a different configuration; use a new --out "
-                                 "or the same options")
-        weights = load_file(str(ckpt / "model.safetensors"))
-        model.load_state_dict(weights, strict=False)
-        _load_optimizer(opt, params, ckpt)
-        start = state["step"]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
-    for _ in range(start):
-        sched.step()
+    params, opt, sched, start = training_state(model, cfg, ckpt, resume)
     smallest = Subnet.smallest(space, sn.order.layer_scores if sn.order else None)
     full = sn.full_subnet()
     log_path = out / "loss_log.jsonl"
@@ -235,14 +225,36 @@ def finetune(sn: Supernet, space: SearchSpace, cfg: FinetuneConfig, out: str | P
     return out
 
 
-def _lr_factor(step: int, cfg: FinetuneConfig) -> float:
+def training_state(model, cfg: TrainingConfig, ckpt: Path, resume: bool):
+    """The trained parameters, AdamW, the warm-up + cosine schedule and the step to start from: 0, or
+    the checkpoint's (its weights and optimizer state loaded) when resuming with the same config."""
+    if cfg.freeze_embeddings:
+        model.model.embed_tokens.weight.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    if resume and (ckpt / "state.json").is_file():
+        state = json.loads((ckpt / "state.json").read_text())
+        if state["config"] != asdict(cfg):
+            raise HwnasUserError(f"{ckpt} was written with a different configuration; use a new --out "
+                                 "or the same options")
+        model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
+        _load_optimizer(opt, params, ckpt)
+        start = state["step"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
+    for _ in range(start):
+        sched.step()
+    return params, opt, sched, start
+
+
+def _lr_factor(step: int, cfg: TrainingConfig) -> float:
     if step < cfg.warmup:
         return (step + 1) / cfg.warmup
     frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
 
-def _checkpoint(model, opt, params, cfg: FinetuneConfig, step: int, ckpt: Path) -> None:
+def _checkpoint(model, opt, params, cfg: TrainingConfig, step: int, ckpt: Path) -> None:
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

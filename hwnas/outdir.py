@@ -37,7 +37,7 @@ from .errors import HwnasUserError
 MARKER = ".hwnas-folder.json"
 TMP_MARKER = ".hwnas-tmp"
 LOCK = ".hwnas-lock"
-KINDS = ("subnet", "export", "profile", "latency-model", "finetune", "search", "demo", "recover", "baselines")
+KINDS = ("subnet", "export", "profile", "latency-model", "finetune", "search", "demo", "recover", "baselines", "prune")
 
 
 class OutputFolderError(HwnasUserError):

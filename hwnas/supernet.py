@@ -133,6 +133,12 @@ class Supernet:
     def _write_subnet(self, subnet: Subnet, model: PreTrainedModel, tmp: Path) -> None:
         model.save_pretrained(tmp)
         self.base.tokenizer.save_pretrained(tmp)
+        self.write_markers(subnet, model, tmp)
+
+    def write_markers(self, subnet: Subnet, model: PreTrainedModel, folder: Path) -> None:
+        """`hwnas_subnet.json` (which base layers and widths `model` was cut from) and, when channels
+        were ordered, `hwnas_order.json`: what makes a model folder a sub-network of this base."""
+        tmp = Path(folder)
         write_json(tmp / SUBNET_FILE, {
             "version": 1,
             "subnet": subnet.to_dict(),

@@ -44,6 +44,17 @@ def positive_float(text: str) -> float:
     return x
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (a loss weight, a fraction)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a number >= 0") from None
+    if not 0 <= x < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number >= 0")
+    return x
+
+
 def positive_ints(text: str) -> list[int]:
     """argparse type: a comma-separated list of integers >= 1, e.g. 32,128,512."""
     items = [x.strip() for x in text.split(",") if x.strip()]
@@ -94,6 +105,27 @@ def progress_printer(label: str):
         print(f"\r  {label}: {done}/{total}", end=end, file=sys.stderr, flush=True)
 
     return show
+
+
+def add_training_arguments(p: argparse.ArgumentParser, d) -> None:
+    """The options every training command shares (`d`: its config's defaults, a TrainingConfig)."""
+    p.add_argument("--train-data", default=d.data,
+                   help="'alpaca' (the Alpaca subset in the data folder), or a .json (Alpaca format) / text file")
+    p.add_argument("--steps", type=positive_int, default=d.steps)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--seq-len", type=positive_int, default=d.seq_len)
+    p.add_argument("--lr", type=positive_float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--save-every", type=positive_int, default=d.save_every, help="checkpoint interval (steps)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", required=True, help="output folder; re-running with the same options resumes")
+
+
+def training_fields(args: argparse.Namespace) -> dict:
+    """The shared TrainingConfig fields from parsed `add_training_arguments` options."""
+    return {"steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len, "lr": args.lr,
+            "seed": args.seed, "data": args.train_data, "save_every": args.save_every}
 
 
 def add_order_argument(p: argparse.ArgumentParser) -> None:

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="artifact folder (new, empty, or an hwnas artifact: then replaced)")
     add_order_argument(p)
     p.add_argument("--group-size", type=positive_int, default=64, help="openvino-int4 group size")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="deepsparse format: magnitude-prune to this fraction (default: keep a pruned model's "
+                   "zeros, else 0.7; hwnas prune does better)")
     p.add_argument("--latency-model", default=None, help="put this latency model's prediction beside the measurement")
     p.add_argument("--no-measure", action="store_true", help="skip the prefill/decode measurement")
     p.add_argument("--threads", type=positive_int, default=1)
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
             raise HwnasUserError(f"{args.run} has no evaluation with index {args.pick}")
         subnet = Subnet.parse(recs[args.pick]["subnet"], source=f"{args.run}#{args.pick}", **shape)
     sn = open_supernet_from_args(args)
-    m = export(sn, subnet, args.format, args.out, data_dir=args.data, options={"group_size": args.group_size},
+    m = export(sn, subnet, args.format, args.out, data_dir=args.data, options={"group_size": args.group_size,
+                                                                          **({"sparsity": args.sparsity} if args.sparsity is not None else {})},
                measure=not args.no_measure, threads=args.threads, latency_model=args.latency_model,
                progress=lambda msg: info(f"  {msg} ..."))
     if args.json:

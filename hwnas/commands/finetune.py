@@ -9,11 +9,11 @@ from . import (
     add_model_argument,
     add_order_argument,
     add_space_argument,
+    add_training_arguments,
     info,
     open_supernet_from_args,
-    positive_float,
-    positive_int,
     resolve_space,
+    training_fields,
 )
 
 NAME = "finetune"
@@ -27,21 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     add_space_argument(p)
     add_order_argument(p)
-    p.add_argument("--train-data", default=d.data,
-                   help="'alpaca' (the Alpaca subset in the data folder), or a .json (Alpaca format) / text file")
-    p.add_argument("--steps", type=positive_int, default=d.steps)
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--seq-len", type=positive_int, default=d.seq_len)
-    p.add_argument("--lr", type=positive_float, default=d.lr)
+    add_training_arguments(p, d)
     p.add_argument("--rule", choices=RULES, default=d.rule,
                    help="alternate: full / random sub-network on alternate steps (LLaMA-NAS); "
                    "sandwich: largest + smallest + random every step")
     p.add_argument("--no-kd", action="store_true", help="train sub-networks on labels, not distillation")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--save-every", type=positive_int, default=d.save_every, help="checkpoint interval (steps)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", required=True, help="output folder; re-running with the same options resumes")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,9 +44,7 @@ def run(args: argparse.Namespace) -> int:
     check_out(args.out, "finetune", legacy=(FINETUNE_RECORD, "loss_log.jsonl", "checkpoint"))
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                         rule=args.rule, kd=not args.no_kd, seed=args.seed, data=args.train_data,
-                         save_every=args.save_every)
+    cfg = FinetuneConfig(**training_fields(args), rule=args.rule, kd=not args.no_kd)
     sn = open_supernet_from_args(args)
     space = resolve_space(args, sn.model.config)
     if args.device != "cpu":
