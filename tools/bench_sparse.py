@@ -144,6 +144,8 @@ def cmd_runtime(args: argparse.Namespace) -> None:
                        "size_mb": m["size_mb"], "prefill": [], "decode": [], "load": []})
         print(f"  {label}: ppl {ppl:.2f} through its runtime", flush=True)
         del sn
+    if args.export_only:
+        return
 
     def measure(i: int, rnd: int) -> None:
         p = points[i]
@@ -198,6 +200,7 @@ def main() -> None:
     r.add_argument("--model", default="smollm2-135m")
     r.add_argument("--sparse", action="append", default=[], help="LABEL=MODEL_DIR, a pruned (recovered) folder")
     r.add_argument("--rounds", type=int, default=3)
+    r.add_argument("--export-only", action="store_true", help="export and score, measure later (an idle machine)")
     r.add_argument("--out", required=True, help="artifact folder (resumed: exported artifacts are reused)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
