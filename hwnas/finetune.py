@@ -164,9 +164,7 @@ def finetune(sn: Supernet, space: SearchSpace, cfg: FinetuneConfig, out: str | P
     from .outdir import check_out, claim_dir
 
     out = check_out(out, "finetune", legacy=(FINETUNE_RECORD, "loss_log.jsonl", "checkpoint"))
-    ckpt = out / "checkpoint"
-    if not (ckpt / "state.json").is_file() and (ckpt.with_name(ckpt.name + ".old") / "state.json").is_file():
-        ckpt = ckpt.with_name(ckpt.name + ".old")  # killed between the two renames of _checkpoint
+    ckpt = resumable_checkpoint(out)
     model = sn.model
     tok = sn.base.tokenizer
     stream = training_tokens(tok, cfg.data, data_dir)
@@ -220,9 +218,35 @@ def finetune(sn: Supernet, space: SearchSpace, cfg: FinetuneConfig, out: str | P
             _checkpoint(model, opt, params, cfg, step + 1, ckpt)
     model.eval()
     _write_final(sn, cfg, out)
-    for done in (ckpt, ckpt.with_name(ckpt.name + ".old")):
-        shutil.rmtree(done, ignore_errors=True)
+    remove_checkpoints(out)
     return out
+
+
+def resumable_checkpoint(out: Path) -> Path:
+    """The training folder's checkpoint to resume from: `checkpoint/`, or `checkpoint.old/` when a run
+    was killed between the two renames of `_checkpoint`."""
+    ckpt = out / "checkpoint"
+    old = out / "checkpoint.old"
+    return old if not (ckpt / "state.json").is_file() and (old / "state.json").is_file() else ckpt
+
+
+def remove_checkpoints(out: Path) -> None:
+    for done in (out / "checkpoint", out / "checkpoint.old"):
+        shutil.rmtree(done, ignore_errors=True)
+
+
+def move_in_model(model, tokenizer, out: Path, extra: Callable[[Path], None] | None = None) -> None:
+    """Write the trained model (and tokenizer, and `extra(folder)`'s files) whole into `.final.tmp/`,
+    then move it into `out` file by file; the caller writes its record after, last."""
+    tmp = out / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if extra is not None:
+        extra(tmp)
+    for f in sorted(tmp.iterdir()):
+        os.replace(f, out / f.name)
+    tmp.rmdir()
 
 
 def training_state(model, cfg: TrainingConfig, ckpt: Path, resume: bool):
@@ -273,19 +297,11 @@ def _checkpoint(model, opt, params, cfg: TrainingConfig, step: int, ckpt: Path) 
 def _write_final(sn: Supernet, cfg: FinetuneConfig, out: Path) -> None:
     from .importance import ChannelOrder, save_order
 
-    model = sn.model
-    tmp = out / ".final.tmp"  # written whole, then moved in file by file (the record last)
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    sn.base.tokenizer.save_pretrained(tmp)
-    for f in sorted(tmp.iterdir()):
-        os.replace(f, out / f.name)
-    tmp.rmdir()
     order = sn.order
-    save_order(ChannelOrder(mlp=[list(range(w)) for w in sn.base_widths],
-                            layer_scores=order.layer_scores if order else None,
-                            method=order.method if order else "none",
-                            meta={**(order.meta if order else {}), "applied": True}), out / ORDER_MARKER)
+    move_in_model(sn.model, sn.base.tokenizer, out, lambda folder: save_order(ChannelOrder(
+        mlp=[list(range(w)) for w in sn.base_widths], layer_scores=order.layer_scores if order else None,
+        method=order.method if order else "none", meta={**(order.meta if order else {}), "applied": True}),
+        folder / ORDER_MARKER))
     write_yaml(out / FINETUNE_RECORD, {
         "version": 1, "base": {"spec": sn.base.spec, "sha256": sn.base.source_hash},
         "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -61,7 +61,8 @@ def cpu_model() -> str:
 
 
 
-def _isa() -> list[str]:
+def isa_flags() -> list[str]:
+    """The ISA flags of this CPU that hwnas records (`ISA_FLAGS` present in /proc/cpuinfo)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -139,7 +140,7 @@ def fingerprint(threads: int = 1, roofline: bool = True) -> Fingerprint:
         cpu_model=cpu_model(),
         physical_cores=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
         logical_cpus=psutil.cpu_count(logical=True) or 1,
-        isa=_isa(),
+        isa=isa_flags(),
         memory_gb=round(psutil.virtual_memory().total / 2**30, 1),
         os=f"{platform.system()} {platform.release()}",
         python=sys.version.split()[0],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -42,7 +42,6 @@ class PruneConfig:
     data: str = "alpaca"
     dampening: float = 0.01  # SparseGPT's Hessian dampening (fraction of its mean diagonal)
     seed: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def check(self, depth: int) -> None:
         if self.method not in METHODS:
@@ -246,6 +245,18 @@ def prune(model, tokenizer, cfg: PruneConfig, *, data_dir: str | Path | None = N
     return {"version": 1, "config": asdict(cfg), "achieved": achieved_sparsity(model), "calibration": calib,
             "seconds": round(time.perf_counter() - t0, 1), "versions": library_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_pruned(sn, subnet, model, tokenizer, record: dict, folder: Path) -> None:
+    """The pruned model folder: weights, tokenizer, the sub-network markers and `hwnas_sparsity.json`
+    (the `prune` record with the sub-network and the base it was cut from)."""
+    from .fileio import write_json
+
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    sn.write_markers(subnet, model, folder)
+    write_json(Path(folder) / RECORD, {**record, "subnet": subnet.to_dict(),
+                                       "base": {"spec": sn.base.spec, "sha256": sn.base.source_hash}})
 
 
 def _strip_library_state(model) -> None:

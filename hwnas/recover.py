@@ -22,7 +22,6 @@ and `hwnas_recover.yaml` (what was done, the first and last losses, the sparsity
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -39,6 +38,9 @@ from .finetune import (
     _checkpoint,
     _kd_loss,
     batch_for_step,
+    move_in_model,
+    remove_checkpoints,
+    resumable_checkpoint,
     training_state,
     training_tokens,
 )
@@ -67,20 +69,26 @@ def resolve_dtype(name: str, device: str = "cpu") -> str:
         return name
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    from .fingerprint import _isa
+    from .fingerprint import isa_flags
 
-    return "bf16" if {"avx512_bf16", "amx_bf16"} & set(_isa()) else "fp32"
+    return "bf16" if {"avx512_bf16", "amx_bf16"} & set(isa_flags()) else "fp32"
 
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def teacher_layers(student_dir: Path | None, student_depth: int, teacher_depth: int) -> list[int]:
-    """Which base layer each student layer was cut from (`hwnas_subnet.json`), or the identity for a
-    student as deep as the teacher."""
+def teacher_layers(student_dir: Path | None, student_depth: int, teacher_depth: int,
+                   teacher_hash: str | None = None) -> list[int]:
+    """Which base layer each student layer was cut from (`hwnas_subnet.json`, which must name this
+    teacher when `teacher_hash` is given), or the identity for a student as deep as the teacher."""
     marker = student_dir / "hwnas_subnet.json" if student_dir is not None else None
     if marker is not None and marker.is_file():
-        layers = json.loads(marker.read_text())["subnet"]["layers"]
+        data = json.loads(marker.read_text())
+        cut_from = data.get("base", {}).get("sha256")
+        if cut_from and teacher_hash and cut_from != teacher_hash:
+            raise HwnasUserError(f"the student was cut from another base (sha256 {cut_from[:12]}…) than the "
+                                 f"teacher ({teacher_hash[:12]}…)")
+        layers = data["subnet"]["layers"]
         if len(layers) != student_depth or max(layers) >= teacher_depth:
             raise HwnasUserError(f"{marker} names {len(layers)} layers of a {teacher_depth}-layer base; the "
                                  f"student has {student_depth}: it was not cut from this --model")
@@ -142,9 +150,7 @@ def recover(teacher, student, tokenizer, cfg: RecoverConfig, out: str | Path, *,
     from .outdir import check_out, claim_dir
 
     out = check_out(out, "recover", legacy=(RECORD, LOG, "checkpoint"))
-    ckpt = out / "checkpoint"
-    if not (ckpt / "state.json").is_file() and (ckpt.with_name(ckpt.name + ".old") / "state.json").is_file():
-        ckpt = ckpt.with_name(ckpt.name + ".old")  # killed between the two renames of _checkpoint
+    ckpt = resumable_checkpoint(out)
     stream = training_tokens(tokenizer, cfg.data, data_dir)
     if stream.numel() < cfg.seq_len * 4:
         raise HwnasUserError(f"recovery data has only {stream.numel()} tokens")
@@ -202,10 +208,13 @@ def recover(teacher, student, tokenizer, cfg: RecoverConfig, out: str | Path, *,
         t_hooks.remove()
         s_hooks.remove()
     student.eval()
-    _write_final(student, tokenizer, cfg, out, source=source, markers=markers,
-                 sparsity=(start_sparsity, sparsity_of(masks)))
-    for done in (ckpt, ckpt.with_name(ckpt.name + ".old")):
-        shutil.rmtree(done, ignore_errors=True)
+    move_in_model(student, tokenizer, out, markers)
+    write_yaml(out / RECORD, {
+        "version": 1, **source, "config": asdict(cfg),
+        "sparsity": {"before": start_sparsity, "after": sparsity_of(masks)},
+        "loss": _first_and_last(out / LOG),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    remove_checkpoints(out)
     return out
 
 
@@ -219,24 +228,6 @@ def carry_markers(student_dir: Path) -> Callable[[Path], None]:
                 shutil.copyfile(student_dir / name, folder / name)
 
     return copy
-
-
-def _write_final(student, tokenizer, cfg: RecoverConfig, out: Path, *, source: dict,
-                 markers: Callable[[Path], None] | None, sparsity: tuple[float | None, float | None]) -> None:
-    tmp = out / ".final.tmp"  # written whole, then moved in file by file (the record last)
-    shutil.rmtree(tmp, ignore_errors=True)
-    student.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if markers is not None:
-        markers(tmp)
-    for f in sorted(tmp.iterdir()):
-        os.replace(f, out / f.name)
-    tmp.rmdir()
-    write_yaml(out / RECORD, {
-        "version": 1, **source, "config": asdict(cfg),
-        "sparsity": {"before": sparsity[0], "after": sparsity[1]},
-        "loss": _first_and_last(out / LOG),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def _first_and_last(log: Path) -> dict:

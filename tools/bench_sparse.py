@@ -63,8 +63,7 @@ def _line(name: str, row: dict, dense: float | None) -> str:
 
 
 def cmd_oneshot(args: argparse.Namespace) -> None:
-    from hwnas.fileio import write_json
-    from hwnas.prune import RECORD, PruneConfig, prune
+    from hwnas.prune import RECORD, PruneConfig, prune, write_pruned
     from hwnas.supernet import open_supernet
 
     sn = open_supernet(args.model, data_dir=args.data)
@@ -86,12 +85,7 @@ def cmd_oneshot(args: argparse.Namespace) -> None:
             if args.out:
                 folder = Path(args.out) / label.replace(" ", "-").replace(":", "of").replace("%", "")
                 if not (folder / RECORD).is_file():
-                    folder.mkdir(parents=True, exist_ok=True)
-                    model.save_pretrained(folder)
-                    sn.base.tokenizer.save_pretrained(folder)
-                    sn.write_markers(full, model, folder)
-                    write_json(folder / RECORD, {**rec, "subnet": full.to_dict(),
-                                                 "base": {"spec": sn.base.spec, "sha256": sn.base.source_hash}})
+                    write_pruned(sn, full, model, sn.base.tokenizer, rec, folder)
             del model
     _table(rows, dense["ppl"])
 
@@ -106,8 +100,8 @@ def cmd_score(args: argparse.Namespace) -> None:
         row = _score(m.model, ppl, arc)
         rec = Path(spec) / "hwnas_sparsity.json"
         if rec.is_file():
-            row["sparsity"] = json.loads(rec.read_text())["achieved"]["overall"]
-            row["prune_seconds"] = json.loads(rec.read_text())["seconds"]
+            pruned = json.loads(rec.read_text())
+            row["sparsity"], row["prune_seconds"] = pruned["achieved"]["overall"], pruned["seconds"]
         print(_line(spec, row, args.dense_ppl), flush=True)
         rows.append((spec, "-", "-", row))
     _table(rows, args.dense_ppl)

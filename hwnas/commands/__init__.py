@@ -55,6 +55,34 @@ def non_negative_float(text: str) -> float:
     return x
 
 
+def fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1 (a sparsity)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a fraction such as 0.5") from None
+    if not 0.0 < x < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1)")
+    return x
+
+
+def fractions(text: str) -> list[float]:
+    """argparse type: comma-separated numbers in [0, 1) (one per layer)."""
+    items = [x for x in text.split(",") if x.strip()]
+    out = []
+    for x in items:
+        try:
+            v = float(x)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{x!r} is not a number") from None
+        if not 0.0 <= v < 1.0:
+            raise argparse.ArgumentTypeError(f"{x} is not in [0, 1)")
+        out.append(v)
+    if not out:
+        raise argparse.ArgumentTypeError("no values; give one per kept layer, e.g. 0.4,0.5,0.6")
+    return out
+
+
 def positive_ints(text: str) -> list[int]:
     """argparse type: a comma-separated list of integers >= 1, e.g. 32,128,512."""
     items = [x.strip() for x in text.split(",") if x.strip()]

@@ -11,6 +11,8 @@ from . import (
     add_order_argument,
     add_space_argument,
     emit_json,
+    fraction,
+    fractions,
     info,
     open_supernet_from_args,
     positive_int,
@@ -20,32 +22,6 @@ from . import (
 NAME = "prune"
 HELP = ("one-shot pruning of a sub-network (SparseGPT or Wanda through llm-compressor, calibrated on text; "
         "magnitude as the baseline), written as a model folder")
-
-
-def fraction(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a fraction such as 0.5") from None
-    if not 0.0 < x < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1)")
-    return x
-
-
-def fractions(text: str) -> list[float]:
-    items = [x for x in text.split(",") if x.strip()]
-    out = []
-    for x in items:
-        try:
-            v = float(x)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{x!r} is not a number") from None
-        if not 0.0 <= v < 1.0:
-            raise argparse.ArgumentTypeError(f"{x} is not in [0, 1)")
-        out.append(v)
-    if not out:
-        raise argparse.ArgumentTypeError("no values; give one per kept layer, e.g. 0.4,0.5,0.6")
-    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,9 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..fileio import write_json
     from ..outdir import check_out, replace_dir
-    from ..prune import RECORD, PruneConfig, prune
+    from ..prune import PruneConfig, prune, write_pruned
 
     check_out(args.out, "prune")
     if args.threads:
@@ -97,11 +72,7 @@ def run(args: argparse.Namespace) -> int:
     record = prune(model, sn.base.tokenizer, cfg, data_dir=args.data,
                    progress=lambda msg: info(f"  {msg}"))
     with replace_dir(args.out, "prune") as tmp:
-        model.save_pretrained(tmp)
-        sn.base.tokenizer.save_pretrained(tmp)
-        sn.write_markers(subnet, model, tmp)
-        write_json(tmp / RECORD, {**record, "subnet": subnet.to_dict(),
-                                  "base": {"spec": sn.base.spec, "sha256": sn.base.source_hash}})
+        write_pruned(sn, subnet, model, sn.base.tokenizer, record, tmp)
     a = record["achieved"]
     if args.json:
         emit_json(record)

@@ -12,6 +12,7 @@ from . import (
     add_training_arguments,
     info,
     non_negative_float,
+    open_supernet_from_args,
     resolve_space,
     training_fields,
 )
@@ -62,8 +63,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = RecoverConfig(**training_fields(args), hidden_weight=args.hidden_weight, logit_weight=args.logit_weight,
                         label_weight=args.label_weight, dtype=resolve_dtype(args.dtype, args.device))
     if args.subnet:
-        from . import open_supernet_from_args
-
         sn = open_supernet_from_args(args)
         space = resolve_space(args, sn.model.config) if args.space else None
         subnet = sn.load_subnet(args.subnet, space=space)
@@ -76,8 +75,6 @@ def run(args: argparse.Namespace) -> int:
         def markers(folder: Path) -> None:
             sn.write_markers(subnet, student, folder)
     else:
-        import json
-
         from ..model import load_model
 
         student_dir = Path(args.student)
@@ -89,13 +86,8 @@ def run(args: argparse.Namespace) -> int:
         if student.config.hidden_size != teacher.config.hidden_size:
             raise HwnasUserError(f"--student has hidden size {student.config.hidden_size}, --model "
                                  f"{teacher.config.hidden_size}: it was not cut from this model")
-        marker = student_dir / "hwnas_subnet.json"
-        if marker.is_file():
-            cut_from = json.loads(marker.read_text()).get("base", {}).get("sha256")
-            if cut_from and base.source_hash and cut_from != base.source_hash:
-                raise HwnasUserError(f"--student was cut from another base (sha256 {cut_from[:12]}…) than "
-                                     f"--model {args.model} ({base.source_hash[:12]}…)")
-        layer_map = teacher_layers(student_dir, len(student.model.layers), len(teacher.model.layers))
+        layer_map = teacher_layers(student_dir, len(student.model.layers), len(teacher.model.layers),
+                                   base.source_hash)
         source = {"teacher": {"spec": base.spec, "sha256": base.source_hash},
                   "student": {"folder": str(student_dir.resolve()), "sha256": loaded.source_hash}}
         markers = carry_markers(student_dir)
