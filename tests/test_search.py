@@ -202,7 +202,7 @@ def test_demo_pipeline_end_to_end_on_a_tiny_model(tmp_path, monkeypatch, capsys)
     m = json.loads((tmp_path / "demo" / "artifacts" / "onnx" / "manifest.json").read_text())
     assert m["subnet"] == json.loads((tmp_path / "demo" / "chosen_subnet.json").read_text())
     res = json.loads((tmp_path / "demo" / "baselines" / "baselines.json").read_text())
-    assert {p["kind"] for p in res["points"]} == {"base", "uniform-width", "layer-drop", "compare"}
+    assert {p["kind"] for p in res["points"]} == {"base", "uniform-width", "layer-drop", "compare", "twin"}
     assert {p["format"] for p in res["points"]} == {"onnx", "onnx-int8"}
 
 
