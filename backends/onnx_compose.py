@@ -114,16 +114,15 @@ def template_key(module: Any) -> str:
 
 
 def template_dir(module: Any) -> Path:
-    from hwnas.model import cache_root
+    from hwnas.measure.graphs import graph_cache_root
 
-    root = os.environ.get("HWNAS_GRAPH_CACHE") or cache_root() / "graphs"
-    return Path(root) / f"template-{template_key(module)}"
+    return graph_cache_root() / f"template-{template_key(module)}"
 
 
 def _randomized(block: nn.Module, seed: int) -> nn.Module:
     """A deep copy of the block with every parameter replaced by distinct random values (so no two
     initializers coincide and each can be traced back to its parameter)."""
-    twin = copy.deepcopy(block)
+    twin = copy.deepcopy(block).float()  # templates are fp32 whatever the model's dtype (`as_fp32`)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in twin.parameters():

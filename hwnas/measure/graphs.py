@@ -24,11 +24,14 @@ class GraphSpec:
     width: int | None = None  # kind == "mlp": MLP width (first k channels)
     layer: int = 0
     weights: str | None = None  # an operator block's weight format (None: fp32); a model's is its subnet's
+    dtype: str = "fp32"  # what torch loads the model's weights in before the graph is built
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if d["weights"] is None:
             del d["weights"]  # fp32 specs keep the keys (and graph caches) they had before formats
+        if d["dtype"] == "fp32":
+            del d["dtype"]  # likewise before dtypes
         return d
 
     @classmethod
@@ -88,7 +91,7 @@ def build(spec: GraphSpec, loaded: Any = None) -> tuple[Any, Any]:
     from hwnas.model import load_model
     from hwnas.supernet import Supernet
 
-    base = loaded if loaded is not None else load_model(spec.model)
+    base = loaded if loaded is not None else load_model(spec.model, dtype=spec.dtype)
     model = base.model
     weights: Any = spec.weights
     if spec.kind == "model" and spec.subnet is not None:
@@ -153,19 +156,76 @@ def model_identity(spec: str) -> str:
     return spec
 
 
+GRAPH_CACHE_GB = 20.0  # default size budget of the converted-graph cache ($HWNAS_GRAPH_CACHE_GB)
+USED_MARK = ".used"  # touched whenever a cached graph is used: the least recently used go first
+
+
+def graph_cache_root() -> Any:
+    import os
+    from pathlib import Path
+
+    from hwnas.model import cache_root
+
+    return Path(os.environ.get("HWNAS_GRAPH_CACHE") or cache_root() / "graphs")
+
+
+def touch_graph(workdir: Any) -> None:
+    """Record that a cached graph folder was just used (for `trim_graph_cache`)."""
+    from pathlib import Path
+
+    mark = Path(workdir) / USED_MARK
+    if Path(workdir).is_dir():
+        mark.touch()
+
+
+def trim_graph_cache(keep: Any = None, budget_gb: float | None = None) -> list[Any]:
+    """Remove the least recently used graph folders of the cache until it fits its budget
+    (`$HWNAS_GRAPH_CACHE_GB`, default 20 GB): a 3B-class sub-network's fp32 graph is ~10 GB, and an
+    unbounded cache filled this machine's disk in one latency fit. Block templates (KBs) and `keep`
+    (the graph about to be used) stay. Returns the removed folders. Only folders of this cache's own
+    naming (`<kind>-<hash>`) are touched."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    root = graph_cache_root()
+    if budget_gb is None:
+        budget_gb = float(os.environ.get("HWNAS_GRAPH_CACHE_GB") or GRAPH_CACHE_GB)
+    if not root.is_dir():
+        return []
+    keep = Path(keep).resolve() if keep is not None else None
+    folders = []
+    for d in root.iterdir():
+        kind = d.name.partition("-")[0]
+        if not d.is_dir() or kind not in KINDS or d.resolve() == keep:
+            continue
+        try:
+            size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+            used = max((d / USED_MARK).stat().st_mtime if (d / USED_MARK).is_file() else 0, d.stat().st_mtime)
+        except OSError:  # removed by another process meanwhile
+            continue
+        folders.append((used, size, d))
+    total = sum(s for _, s, _ in folders)
+    if keep is not None and keep.is_dir():
+        total += sum(p.stat().st_size for p in keep.rglob("*") if p.is_file())
+    removed = []
+    for _, size, d in sorted(folders, key=lambda f: f[0]):
+        if total <= budget_gb * 1e9:
+            break
+        shutil.rmtree(d, ignore_errors=True)
+        total -= size
+        removed.append(d)
+    return removed
+
+
 def graph_cache_dir(spec: GraphSpec) -> Any:
     """Where converted graphs of this spec are kept (shared by backends: graph.onnx, openvino.xml)."""
     import hashlib
     import json
-    from pathlib import Path
 
-    from hwnas.model import cache_root
     from hwnas.versions import dist_versions
 
     ident = {"spec": spec.to_dict(), "model": model_identity(spec.model), "torch": dist_versions("torch")["torch"],
              "format": FORMAT_VERSION, "composed": compose_enabled(None)}
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
-    import os
-
-    root = os.environ.get("HWNAS_GRAPH_CACHE") or cache_root() / "graphs"
-    return Path(root) / f"{spec.kind}-{key}"
+    return graph_cache_root() / f"{spec.kind}-{key}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .backend import Backend, Measurement, backend_class, pin_cores, set_thread_env
-from .graphs import GraphSpec, graph_cache_dir, graph_io_for
+from .graphs import GraphSpec, graph_cache_dir, graph_io_for, touch_graph, trim_graph_cache
 
 REPLY_MARK = "HWNAS-WORKER-REPLY "
 
@@ -77,6 +77,7 @@ def run_tasks(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: list
 
     torch.set_num_threads(cfg.threads)
     be = cls(cfg)
+    cached = not workdir
     workdir = Path(workdir) if workdir else graph_cache_dir(spec)
     import psutil
 
@@ -88,6 +89,9 @@ def run_tasks(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: list
         else:
             module, io = build(spec, loaded)
         be.prepare(module, io, workdir)
+        if cached:
+            touch_graph(workdir)
+            trim_graph_cache(keep=workdir)
         del module  # runtimes hold their own copy; the timed peak RSS should not count torch's
         gc.collect()
         _release_freed_memory()
@@ -169,6 +173,9 @@ def run_isolated(backend: str, config: dict[str, Any], spec: GraphSpec, tasks: l
         # here (a composed whole model takes seconds), or in a process of its own
         if not convert_graph(backend, config, spec, where):
             _call_worker({**request, "tasks": []}, env, timeout_s, backend)
+    if not workdir:  # the cache: this graph is the most recently used; the least recently used go
+        touch_graph(where)
+        trim_graph_cache(keep=where)
     reply = _call_worker(request, env, timeout_s, backend)
     ms = [Measurement(**m) for m in reply["measurements"]]
     return WorkerResult(ms, reply["device"], reply["versions"], reply["prepare_s"], reply["peak_mem_mb"],
