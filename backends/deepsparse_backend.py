@@ -117,10 +117,13 @@ def _check_artifact(ctx: Any) -> None:
 
 
 def _write_artifact(ctx: Any) -> None:
+    import copy
+
     from hwnas.measure.graphs import build_module
 
     from .onnx_export import export_onnx
 
+    ctx.model = copy.deepcopy(ctx.model)  # its tensors are the base's own: prune a copy
     ctx.options.update(sparsify(ctx.model, ctx.options.get("sparsity")))
     module, io = build_module(ctx.model, "model")
     export_onnx(module, io, ctx.out / "deepsparse_prefill.onnx", with_past=False, opset=OPSET, ir_version=IR_VERSION)

@@ -54,6 +54,7 @@ def export_onnx(module: nn.Module, io: GraphIO, path: str | Path, *, with_past: 
             return compose_onnx(module, io, path, external_data=external_data)  # seconds, not a re-trace
         except ComposeError:
             pass
+    module = as_fp32(module)
     past = io.make_past(2, 4) if with_past else []
     example = (io.make_x(2, 3), *past)  # sizes >= 2 so no dimension is specialized
     dyn = _dynamic_shapes(io)
@@ -72,6 +73,17 @@ def export_onnx(module: nn.Module, io: GraphIO, path: str | Path, *, with_past: 
         onnx.save(proto, str(tmp))
     shutil.move(tmp, path)
     return path
+
+
+def as_fp32(module: nn.Module) -> nn.Module:
+    """The module itself when it is fp32, else an fp32 copy: the graphs hwnas gives ONNX Runtime and
+    OpenVINO are fp32 whatever dtype torch loaded the model in (a bf16 base's weights are exact in
+    fp32). A whole model composed from templates is upcast tensor by tensor instead, with no copy."""
+    if all(p.dtype == torch.float32 for p in module.parameters()):
+        return module
+    import copy
+
+    return copy.deepcopy(module).float()
 
 
 def convert_openvino(module: nn.Module, io: GraphIO, *, stateful: bool = True,
@@ -96,6 +108,7 @@ def convert_openvino(module: nn.Module, io: GraphIO, *, stateful: bool = True,
                 return finish_openvino(model, io, stateful=stateful)
         except ComposeError:
             pass
+    module = as_fp32(module)
     example = (io.make_x(2, 3), *io.make_past(2, 4))
     with torch.no_grad():
         model = ov.convert_model(module, example_input=example)

@@ -73,12 +73,14 @@ class TorchBackend(Backend):
         torch.set_num_threads(self.config.threads)
         self.dev = torch.device(self.config.device)
         self.module = module.to(self.dev).eval()
+        # what the weights are in (`--dtype`): the cache and float inputs follow them
+        self.dtype = next((p.dtype for p in module.parameters()), torch.float32)
         self.io = io
         self._past: list[Any] = []
         self._out = None
 
     def load_past(self, past: list[Any]) -> None:
-        self._past = [p.to(self.dev) for p in past]
+        self._past = [p.to(self.dev, self.dtype) for p in past]
 
     def step(self, x: Any) -> None:
         import torch
@@ -86,6 +88,8 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             if x.device != self.dev:
                 x = x.to(self.dev)
+            if x.is_floating_point() and x.dtype != self.dtype:  # a block's hidden-state input
+                x = x.to(self.dtype)
             out = self.module(x, *self._past)
         self._out = out[0]
         if self.io.n_layers_past:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 K = TypeVar("K", bound=Hashable)
 
 SUMMARY_KEYS = ("backend", "prefill_ms", "decode_ms_per_token", "peak_mem_mb", "repeats", "cv_prefill",
-                "cv_decode", "device")
+                "cv_decode", "device")  # the object an earlier issue fixed; `dtype` etc. are in to_dict()
 
 
 @dataclass
@@ -49,6 +49,7 @@ class BenchResult:
     # the speed probe taken just before (`hwnas.measure.backend.speed_probe`; None if not taken):
     # what the latency model normalizes this measurement by
     probe: dict[str, float] | None = None
+    dtype: str = "fp32"  # what torch loaded the weights in before the graph was built
 
     def summary(self) -> dict[str, Any]:
         """The JSON object `hwnas bench --json` prints."""
@@ -74,18 +75,21 @@ def bench_tasks(prefill: int, decode: int, batch: int = 1) -> list:
 
 def bench_subnet(model: str, subnet: dict[str, list[int]] | None, backend: str, *, prefill: int = 128,
                  decode: int = 32, batch: int = 1, threads: int = 1, config: dict[str, Any] | None = None,
-                 isolate: bool = True, loaded: Any = None, probe: bool = True) -> BenchResult:
+                 isolate: bool = True, loaded: Any = None, probe: bool = True, dtype: str = "fp32") -> BenchResult:
     """Measure one sub-network (None: the full model) on one backend.
 
     `model` is an hwnas model spec; with `isolate=False` the measurement runs in this process and
     may reuse `loaded` (a LoadedModel) instead of loading the model again. `probe`: take the speed
-    probe right before, on the cores the worker will use (~0.6 s)."""
+    probe right before, on the cores the worker will use (~0.6 s). `dtype`: what torch loads the
+    weights in (`hwnas.model.DTYPES`; the torch backend also computes in it)."""
     from hwnas.measure.backend import worker_speed_probe
     from hwnas.measure.graphs import GraphSpec
     from hwnas.measure.worker import run_isolated, run_tasks
 
     cfg = {**(config or {}), "threads": threads}
-    spec = GraphSpec("model", model, subnet=subnet)
+    if loaded is not None:
+        dtype = loaded.dtype
+    spec = GraphSpec("model", model, subnet=subnet, dtype=dtype)
     tasks = bench_tasks(prefill, decode, batch)
     speed = worker_speed_probe(backend, cfg) if probe else None
     res = run_isolated(backend, cfg, spec, tasks) if isolate else run_tasks(backend, cfg, spec, tasks, loaded=loaded)
@@ -99,7 +103,7 @@ def bench_subnet(model: str, subnet: dict[str, list[int]] | None, backend: str, 
         decode_p10_ms=round(d.p10_ms, 3), prefill_tokens=prefill,
         decode_tokens=decode, batch=batch, threads=threads, load=round(max(p.load, d.load), 3),
         flagged=p.flagged or d.flagged, flag_reason=_reason(p, d), subnet=subnet, versions=res.versions,
-        probe=speed)
+        probe=speed, dtype=dtype)
 
 
 def _reason(*ms: Any) -> str:

@@ -39,7 +39,7 @@ class ExportError(HwnasUserError):
 
 @dataclass
 class ExportContext:
-    model: Any  # the fp32 torch sub-network
+    model: Any  # the torch sub-network, in the base's dtype; its tensors are the base's: never modify in place
     tokenizer: Any
     out: Path
     options: dict[str, Any] = field(default_factory=dict)
@@ -232,7 +232,7 @@ def export(sn, subnet, fmt_name: str, out: str | Path, *, data_dir: str | Path |
     out = Path(out)
     check_out(out, "export", legacy=is_unmarked_artifact)
     compression = _compression_for(subnet, fmt)
-    model = sn.materialize(subnet.architecture)
+    model = sn.materialize(subnet.architecture, share_weights=True)  # writers copy what they change
     ctx = ExportContext(model, sn.base.tokenizer, out, dict(options or {}), compression, sn.base.source, data_dir)
     if fmt.check:  # device / shape requirements first: they say what to do instead
         fmt.check(ctx)
@@ -338,7 +338,7 @@ def _write_artifact(sn: Any, subnet: Any, fmt: Format, ctx: ExportContext, *, da
         "precision": fmt.precision,
         "backend": fmt.backend,
         "source": {"model": sn.base.spec, "sha256": sn.base.source_hash,
-                   "channel_order": sn.order.method if sn.order else None},
+                   "channel_order": sn.order.method if sn.order else None, "dtype": sn.base.dtype},
         "subnet": subnet.to_dict(),
         "compression": ctx.compression.to_dict() if ctx.compression is not None else None,
         "parameters": params,
@@ -346,8 +346,8 @@ def _write_artifact(sn: Any, subnet: Any, fmt: Format, ctx: ExportContext, *, da
         "files": files,
         "size_mb": round(sum((ctx.out / f).stat().st_size for f in files) / 1e6, 2),
         "verification": {**verification, "reference": reference,
-                         "against": "torch, fp32" if ctx.compression is None else
-                         f"torch simulation of {fmt.backend}'s weight formats"},
+                         "against": f"torch, {sn.base.dtype}" if ctx.compression is None else
+                         f"torch simulation of {fmt.backend}'s weight formats ({sn.base.dtype})"},
         "measured": measured,
         "predicted": predicted,
         "roofline": {"bandwidth_gbs": roof["bandwidth_gbs"], "weight_bytes": weight_bytes,

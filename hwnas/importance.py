@@ -200,6 +200,7 @@ def compute_order(base: LoadedModel, method: str = "contrib", calib: Calibration
         "version": ORDER_VERSION,
         "base_sha256": base.source_hash,
         "calibration": calib.key(),
+        "dtype": base.dtype,
         "seconds": round(time.perf_counter() - t0, 2),
     })
 
@@ -208,6 +209,8 @@ def order_path(base: LoadedModel, method: str, calib: Calibration) -> Path:
     key = f"{base.source_hash}|{method}|{calib.key()}"
     if _is_json(calib.source):  # Alpaca records as the fine-tuning template formats them (not as before)
         key += "|alpaca-template"
+    if base.dtype != "fp32":  # scored in another precision: its own order (fp32 orders keep their keys)
+        key += f"|{base.dtype}"
     tag = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_root() / "orders" / f"{tag}.json"
 

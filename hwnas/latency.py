@@ -461,6 +461,11 @@ def measure_samples(path: Path, subnets: Sequence[Subnet], profile: DeviceProfil
 
     settings = {"prefill": prefill, "decode": decode, "batch": batch}
     have = _read_rounds(path, settings)
+    dtype = profile.header.get("dtype", "fp32")  # profiles from before dtypes: fp32
+    mixed = sorted({r.get("dtype", "fp32") for recs in have.values() for r in recs} - {dtype})
+    if mixed:
+        raise LatencyModelError(f"{path} holds measurements of the model loaded in {', '.join(mixed)}; the profile "
+                                f"was taken in {dtype}: fit into another --out (dtypes are never mixed)")
     todo = sum(max(0, rounds - len(have.get(s.key(), []))) for s in subnets)
     done, busy = 0, []
     for r in range(rounds):
@@ -470,7 +475,7 @@ def measure_samples(path: Path, subnets: Sequence[Subnet], profile: DeviceProfil
                 continue
             res = bench_subnet(profile.header["model"], s.to_dict(), profile.backend, prefill=prefill, decode=decode,
                                batch=batch, threads=int(profile.header.get("threads", 1)),
-                               config=profile.header.get("backend_config") or None, isolate=isolate)
+                               config=profile.header.get("backend_config") or None, isolate=isolate, dtype=dtype)
             if res.flag_reason == "load":  # never stored: a resumed run measures it again
                 busy.append(res.load)
                 continue
@@ -649,6 +654,7 @@ def fit(profile_dir: str | Path, model: str, space: SearchSpace, out: str | Path
         "version": MODEL_VERSION, "model": model, "space": space.name, "widths": list(space.mlp_widths),
         "profile_path": os.path.relpath(profile_dir.resolve(), out.resolve()), "profile_id": profile_id(profile_dir),
         "backend": prof.backend, "device_slug": prof.header.get("device_slug"),
+        "dtype": prof.header.get("dtype", "fp32"),
         "roofline": (prof.header.get("fingerprint") or {}).get("roofline"),
         "features": list(FEATURES), "targets": targets, "samples": len(recs),
         "bench": {"prefill": prefill, "decode": decode, "batch": batch, "threads": prof.header.get("threads", 1),

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from .errors import ModelLoadError, UnsupportedModelError, is_int
+from .errors import HwnasUserError, ModelLoadError, UnsupportedModelError, is_int
 from .fileio import sha256_file, write_json
 from .modeling import FAMILIES, Family, family_of, parameter_count
 
@@ -56,6 +56,38 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 DEFAULT_MODEL = "smollm2-135m"
 
 
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.bfloat16` -> `bf16` (the names hwnas records and its `--dtype` options take)."""
+    for name, t in TORCH_DTYPES.items():
+        if t == dtype:
+            return name
+    raise ValueError(f"hwnas runs models in {', '.join(TORCH_DTYPES)}, not {dtype}")
+
+
+def resolve_dtype(name: str | torch.dtype, device: str = "cpu", checkpoint: object = None) -> str:
+    """A `--dtype` choice as the dtype a model runs in. `auto`: on CUDA the checkpoint's own dtype
+    when it is a half type (else bf16 where supported, else fp16); on a CPU bf16 when it has AVX-512
+    BF16 or AMX-BF16 (native bf16 matrix products), else fp32. `checkpoint`: its config's dtype."""
+    if isinstance(name, torch.dtype):
+        return dtype_name(name)
+    if name not in DTYPES:
+        raise HwnasUserError(f"unknown dtype '{name}'; choose one of {', '.join(DTYPES)}")
+    if name != "auto":
+        return name
+    if str(device).startswith("cuda"):
+        own = {"bfloat16": "bf16", "float16": "fp16"}.get(str(checkpoint).replace("torch.", ""))
+        if own:
+            return own
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    from .fingerprint import isa_flags
+
+    return "bf16" if {"avx512_bf16", "amx_bf16"} & set(isa_flags()) else "fp32"
+
+
 @dataclass
 class LoadedModel:
     """A base model in memory with its tokenizer and where it came from."""
@@ -76,6 +108,11 @@ class LoadedModel:
     @property
     def num_parameters(self) -> int:
         return parameter_count(self.model)
+
+    @property
+    def dtype(self) -> str:
+        """What the weights are held and computed in: bf16, fp16 or fp32."""
+        return dtype_name(next(self.model.parameters()).dtype)
 
 
 def cache_root() -> Path:
@@ -218,11 +255,15 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, use_cache: bool) -> tuple[PreTrai
 
 
 def load_model(
-    spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, use_cache: bool = True
+    spec: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = "fp32", use_cache: bool = True
 ) -> LoadedModel:
-    """Load a base model from an embedded name, a GGUF file, an HF folder or a hub id."""
+    """Load a base model from an embedded name, a GGUF file, an HF folder or a hub id, with its
+    weights in `dtype` (a `DTYPES` name or a torch dtype; `auto` is resolved for this CPU)."""
     start = time.perf_counter()
     from . import modeling
+
+    if not isinstance(dtype, torch.dtype):
+        dtype = TORCH_DTYPES[resolve_dtype(dtype)]
 
     modeling.register_with_transformers()
     path = Path(spec).expanduser()

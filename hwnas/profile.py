@@ -266,8 +266,9 @@ def grid_for(config: Any, space: Any, *, prefill_tokens: list[int] | None = None
 
 def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: OperatorGrid | None = None,
                 config: dict[str, Any] | None = None, isolate: bool = True,
-                on_progress: Callable[[int, int, str], None] | None = None) -> DeviceProfile:
-    """Sweep the grid on one backend into `out` (resuming rows already there)."""
+                on_progress: Callable[[int, int, str], None] | None = None, dtype: str = "fp32") -> DeviceProfile:
+    """Sweep the grid on one backend into `out` (resuming rows already there). `dtype`: what torch
+    loads the weights in (what the torch backend computes in; other runtimes get fp32 graphs)."""
     from hwnas.measure.backend import backend_class, default_max_load
     from hwnas.measure.graphs import GraphSpec
     from hwnas.measure.worker import Task, run_isolated, run_tasks
@@ -287,13 +288,13 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
     if not ok:
         raise BackendError(f"backend {backend} is not available: {why}")
     check_formats(grid.formats, cls.WEIGHT_FORMATS, f"backend {backend}", BackendError)
-    identity = {"backend": backend, "model": model, "grid": grid.to_dict(), "threads": threads}
+    identity = {"backend": backend, "model": model, "grid": grid.to_dict(), "threads": threads, "dtype": dtype}
     from .outdir import claim_dir
 
     claim_dir(out, "profile", legacy=(HEADER_FILE,))
     if (out / HEADER_FILE).is_file():
         prof = DeviceProfile.load(out)
-        old = {k: prof.header.get(k) for k in identity}
+        old = {k: prof.header.get(k, "fp32" if k == "dtype" else None) for k in identity}  # fp32: before dtypes
         if old != identity:
             diff = [k for k in identity if old[k] != identity[k]]
             raise ProfileError(f"{out} holds a profile with different {', '.join(diff)}; "
@@ -315,7 +316,7 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
         return bool(row["flagged"]) and float(row["load"]) > max_load
 
     if "attention" not in cls.KINDS:  # whole networks only: rows from network differences
-        _profile_networks(prof, out, model, cfg_model, grid, backend, config, isolate, loaded, on_progress)
+        _profile_networks(prof, out, model, cfg_model, grid, backend, config, isolate, loaded, on_progress, dtype)
         return _finish(prof, out, [r for r in _read_networks(out) if loaded(r)], len(network_jobs(grid, cfg_model)),
                        max_load)
     done = {row_key(r) for r in prof.rows if not loaded(r)}
@@ -325,7 +326,8 @@ def run_profile(model: str, space: Any, backend: str, out: str | Path, *, grid: 
         todo = [t for t in tasks if row_key({"op": op, "width": width, "format": fmt, **t}) not in done]
         if not todo:
             continue
-        spec = GraphSpec(op, model, width=width or None, layer=grid.layer, weights=None if fmt == "fp32" else fmt)
+        spec = GraphSpec(op, model, width=width or None, layer=grid.layer, weights=None if fmt == "fp32" else fmt,
+                         dtype=dtype)
         worker_tasks = [Task(t["phase"], int(t["tokens"]), int(t["context"]), int(t["batch"])) for t in todo]
         run = run_isolated if isolate else run_tasks
         res = run(backend, config, spec, worker_tasks)
@@ -401,7 +403,7 @@ def _write_networks(out: Path, rows: list[dict[str, Any]]) -> None:
 
 def _profile_networks(prof: DeviceProfile, out: Path, model: str, config: Any, grid: OperatorGrid, backend: str,
                       backend_config: dict[str, Any], isolate: bool, loaded: Callable[[dict[str, Any]], bool],
-                      on_progress: Callable[[int, int, str], None] | None) -> None:
+                      on_progress: Callable[[int, int, str], None] | None, dtype: str = "fp32") -> None:
     """Time the networks of `network_jobs` (resuming `networks.csv`) and derive the table."""
     from hwnas.measure.graphs import GraphSpec
     from hwnas.measure.worker import Task, run_isolated, run_tasks
@@ -419,7 +421,7 @@ def _profile_networks(prof: DeviceProfile, out: Path, model: str, config: Any, g
             subnet: dict[str, Any] = {"layers": list(range(depth)), "mlp_widths": [width] * depth}
             if fmt != "fp32":
                 subnet["compression"] = Compression.uniform(fmt, depth).to_dict()
-            spec = GraphSpec("model", model, subnet=subnet)
+            spec = GraphSpec("model", model, subnet=subnet, dtype=dtype)
             run = run_isolated if isolate else run_tasks
             res = run(backend, backend_config, spec,
                       [Task(t["phase"], int(t["tokens"]), int(t["context"]), int(t["batch"])) for t in todo])

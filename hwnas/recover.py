@@ -44,12 +44,12 @@ from .finetune import (
     training_state,
     training_tokens,
 )
+from .model import TORCH_DTYPES
 from .prune import SPARSE_MODEL_AT, decoder_linears
 
 RECORD = "hwnas_recover.yaml"
 LOG = "loss_log.jsonl"
 CARRIED = ("hwnas_subnet.json", "hwnas_order.json", "hwnas_sparsity.json")  # the student's markers, kept
-DTYPES = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -59,22 +59,6 @@ class RecoverConfig(TrainingConfig):
     logit_weight: float = 1.0  # KL to the teacher's logits
     label_weight: float = 0.0  # cross-entropy on the next token
     dtype: str = "fp32"  # autocast dtype actually used (resolved from auto before training)
-
-
-def resolve_dtype(name: str, device: str = "cpu") -> str:
-    """`auto`: bf16 on CUDA with bf16 support and on CPUs with AVX-512 BF16 or AMX-BF16, else fp32."""
-    if name not in DTYPES:
-        raise HwnasUserError(f"unknown dtype '{name}'; choose one of {', '.join(DTYPES)}")
-    if name != "auto":
-        return name
-    if device.startswith("cuda"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    from .fingerprint import isa_flags
-
-    return "bf16" if {"avx512_bf16", "amx_bf16"} & set(isa_flags()) else "fp32"
-
-
-TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def teacher_layers(student_dir: Path | None, student_depth: int, teacher_depth: int,

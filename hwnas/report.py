@@ -165,7 +165,7 @@ def measure_front(run: Run, *, threads: int = 1, rounds: int = MEASURE_ROUNDS, p
         header = yaml.safe_load((Path(folder) / "latency_model.yaml").read_text()) or {}
         b = bench_subnet(run.config.model, None if r.get("is_base") else r["subnet"], header["backend"],
                          prefill=lat.get("prefill", 128), decode=lat.get("decode", 32), batch=lat.get("batch", 1),
-                         threads=threads)
+                         threads=threads, dtype=header.get("dtype", "fp32"))
         line = {"version": 1, "index": r["index"], "round": rnd, **b.to_dict(), "latency_device": device,
                 "subnet": r["subnet"]}
         append_jsonl(path, line)

@@ -83,8 +83,12 @@ class Supernet:
 
     @torch.no_grad()
     def materialize(self, subnet: Subnet, *, share_weights: bool = False) -> PreTrainedModel:
-        """A real smaller model. `share_weights=True` skips copying tensors that are not sliced
-        (embeddings, norms, attention): faster, for read-only use such as evaluation."""
+        """A real smaller model. `share_weights=True` copies nothing it does not have to: the model's
+        tensors are the base's own (views; a sliced gate/up is a view of its first rows) except a
+        sliced down projection, which is copied to be contiguous. For read-only use (evaluation,
+        saving, export): the memory of a sub-network is then a few percent of the base's, which is
+        what lets a multi-billion-parameter base be sliced on a machine that holds it once.
+        `share_weights=False`: every tensor copied (a model to train or prune in place)."""
         config = self.subnet_config(subnet)
         cls = (self.family.hetero_model_cls if getattr(config, "intermediate_size_per_layer", None)
                else self.family.model_cls)
@@ -101,9 +105,9 @@ class Supernet:
             for name, t in layer.named_parameters():
                 t = t.detach()
                 if name.startswith("mlp.gate_proj") or name.startswith("mlp.up_proj"):
-                    t = t[:w].clone()
+                    t = take(t[:w])  # the first rows: a contiguous view
                 elif name == "mlp.down_proj.weight":
-                    t = t[:, :w].clone()  # also makes it contiguous
+                    t = t[:, :w].contiguous() if share_weights else t[:, :w].clone()
                 else:
                     t = take(t)
                 state[f"model.layers.{new_i}.{name}"] = t
@@ -125,7 +129,7 @@ class Supernet:
 
         out = Path(out_dir)
         check_out(out, "subnet")
-        model = model if model is not None else self.materialize(subnet)
+        model = model if model is not None else self.materialize(subnet, share_weights=True)
         with replace_dir(out, "subnet") as tmp:
             self._write_subnet(subnet, model, tmp)
         return out
@@ -167,15 +171,16 @@ def stored_layer_scores(spec: str) -> list[float] | None:
 
 
 def open_supernet(spec: str, *, channel_order: str = "contrib", data_dir: str | Path | None = None,
-                  progress: Any = None) -> Supernet:
+                  progress: Any = None, dtype: str = "fp32") -> Supernet:
     """Load a base model as a super-network with its importance order applied (the default
     whenever sub-networks are materialized). `channel_order="none"` slices channels as stored.
 
     A folder whose channels were already ordered (written by `hwnas finetune`) says so in
-    `hwnas_order.json` and is used as it is, with its stored layer scores."""
+    `hwnas_order.json` and is used as it is, with its stored layer scores. `dtype`: what the
+    weights are held and run in (`hwnas.model.DTYPES`)."""
     from .model import load_model
 
-    base = load_model(spec)
+    base = load_model(spec, dtype=dtype)
     if channel_order == "none":
         return Supernet(base)
     if channel_order not in METHODS:

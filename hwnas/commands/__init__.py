@@ -97,6 +97,14 @@ def add_model_argument(p: argparse.ArgumentParser, artifact: bool = False) -> No
                    help=f"HF folder, .gguf file, hub id{also}, or an embedded name (default: {DEFAULT_MODEL})")
 
 
+def add_dtype_argument(p: argparse.ArgumentParser) -> None:
+    from ..model import DTYPES
+
+    p.add_argument("--dtype", choices=DTYPES, default="fp32",
+                   help="what the model's weights are loaded and run in by torch (default fp32; auto: bf16 on "
+                   "CPUs with AVX-512 BF16 / AMX, else fp32; bf16 halves the memory of every load)")
+
+
 def add_space_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default=None,
                    help="search-space YAML (default: the model's packaged or generic space)")
@@ -171,8 +179,9 @@ def open_supernet_from_args(args: argparse.Namespace):  # hwnas.supernet.Superne
 
     t0 = time.perf_counter()
     sn = open_supernet(args.model, channel_order=args.channel_order, data_dir=getattr(args, "data", None),
-                       progress=progress_printer("scoring channel importance (first use, cached after)"))
+                       progress=progress_printer("scoring channel importance (first use, cached after)"),
+                       dtype=getattr(args, "dtype", "fp32"))
     order = sn.order.method if sn.order is not None else "none"
-    info(f"loaded {args.model} in {sn.base.load_seconds:.1f} s (channel order: {order}; "
+    info(f"loaded {args.model} in {sn.base.load_seconds:.1f} s ({sn.base.dtype}; channel order: {order}; "
          f"{time.perf_counter() - t0:.1f} s in all)")
     return sn

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import (
+    add_dtype_argument,
     add_model_argument,
     add_order_argument,
     emit_json,
@@ -22,6 +23,7 @@ HELP = ("export, score and measure the baselines (base in every format, uniform 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
+    add_dtype_argument(p)
     p.add_argument("--backend", required=True, help="the runtime to deploy on: onnxruntime or openvino")
     p.add_argument("--out", required=True, help="baselines folder (new, empty, or an hwnas baselines folder: resumed)")
     p.add_argument("--formats", default=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_model_argument, emit_json, info, positive_int
+from . import add_dtype_argument, add_model_argument, emit_json, info, positive_int
 
 NAME = "bench"
 HELP = "benchmark a whole sub-network on one backend: prefill ms and decode ms per token (medians)"
@@ -55,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="backend config field, e.g. device=cuda (torch), stateful=false (openvino)")
     p.add_argument("--in-process", action="store_true", help="measure in this process (default: a worker)")
+    add_dtype_argument(p)
     p.add_argument("--json", action="store_true", help="print the JSON result object")
 
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..bench import bench_subnet
-    from ..model import config_mlp_widths, load_config
+    from ..model import config_mlp_widths, load_config, resolve_dtype
     from ..subnet import Subnet
 
     options = backend_options(args.backend, args.option)
@@ -78,10 +79,11 @@ def run(args: argparse.Namespace) -> int:
         subnet = Subnet.load(path, num_layers=config.num_hidden_layers,
                              intermediate_size=config_mlp_widths(config)).to_dict()
     info(f"benchmarking {'sub-network ' + args.subnet if subnet else 'the full model'} on {args.backend} "
-         f"(prefill {args.prefill}, decode {args.decode}, batch {args.batch}, {args.threads} thread(s))")
+         f"(prefill {args.prefill}, decode {args.decode}, batch {args.batch}, {args.threads} thread(s); "
+         f"weights loaded in {resolve_dtype(args.dtype)})")
     res = bench_subnet(args.model, subnet, args.backend, prefill=args.prefill, decode=args.decode,
                        batch=args.batch, threads=args.threads, config=options,
-                       isolate=not args.in_process)
+                       isolate=not args.in_process, dtype=resolve_dtype(args.dtype))
     if res.flag_reason == "load":
         from hwnas.measure.backend import default_max_load
 

@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from . import add_model_argument, info, positive_int, progress_printer
+from . import add_dtype_argument, add_model_argument, info, positive_int, progress_printer
 
 NAME = "demo"
 SHORTLIST = 4  # candidates measured before the pick (the latency model ranks; measurements decide)
@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "per-block weight formats) and/or format names (which export the chosen architecture)")
     p.add_argument("--no-baselines", action="store_true", help="skip the baseline comparison (the last stage)")
     p.add_argument("--threads", type=positive_int, default=1)
+    add_dtype_argument(p)
 
 
 def _stage(n: int, total: int, what: str) -> float:
@@ -75,7 +76,7 @@ def _demo(args: argparse.Namespace, out: Path, t_start: float) -> int:
 
     t = _stage(1, total, f"loading {args.model} with its channel-importance order")
     sn = open_supernet(args.model, channel_order=args.channel_order, data_dir=args.data,
-                       progress=progress_printer("scoring channel importance (first run only)"))
+                       progress=progress_printer("scoring channel importance (first run only)"), dtype=args.dtype)
     formats = ("fp32", *sorted(schemes_of(args.backend)))
     space = dataclasses.replace(sn.default_space(), weight_formats=formats, compression_per="block")
     space.save(out / "space.yaml")
@@ -90,7 +91,7 @@ def _demo(args: argparse.Namespace, out: Path, t_start: float) -> int:
     assert isinstance(grid, OperatorGrid)
     prof_dir = out / "profile"
     run_profile(args.model, space, args.backend, prof_dir, grid=grid, config={"threads": args.threads},
-                on_progress=lambda d, n, what: info(f"      {d}/{n} rows ({what})"))
+                dtype=sn.base.dtype, on_progress=lambda d, n, what: info(f"      {d}/{n} rows ({what})"))
     timings["profile"] = time.perf_counter() - t
 
     t = _stage(3, total, f"fitting the latency model ({args.latency_samples} measured sub-networks)")
@@ -113,7 +114,7 @@ def _demo(args: argparse.Namespace, out: Path, t_start: float) -> int:
                     tasks=["wikitext2"], ppl_windows=2, ppl_window=512, latency_model=str(lm_dir),
                     space=str(out / "space.yaml"), backend=args.backend,
                     linas=LinasConfig(initial=initial, rounds=2, per_round=per_round, inner_evaluations=5000,
-                                      population=50), data=args.data, run_id="demo")
+                                      population=50), data=args.data, run_id="demo", dtype=sn.base.dtype)
     evaluator = Evaluator(sn.base.tokenizer, cfg.tasks, seed=0, data_dir=args.data, ppl_windows=2, ppl_window=512)
     search = Search(cfg, out / "run", supernet=sn, evaluator=evaluator,
                     progress=lambda s: info(f"      round {s['round']}: {s['evaluations']}/{s['budget']} evaluations, "
@@ -147,7 +148,7 @@ def _demo(args: argparse.Namespace, out: Path, t_start: float) -> int:
         acc = acc_eval.evaluate(sn.model if name == "base" else
                                 simulate(sn.materialize(s, share_weights=True), s.compression, search.schemes))
         b = benched.get(s.key()) or _fit_sample(lm_dir, s.to_dict(), args.threads) or bench_subnet(
-            args.model, s.to_dict(), args.backend, threads=args.threads)
+            args.model, s.to_dict(), args.backend, threads=args.threads, dtype=sn.base.dtype)
         pred = {k: float(v[0]) for k, v in lm.predict_subnets([s]).items()}
         rows[name] = {"ppl": acc.tasks["wikitext2"].ppl, "arc_easy": acc.tasks["arc_easy"].acc_norm,
                       "prefill_ms": b.prefill_ms, "decode_ms": b.decode_ms_per_token, "peak_mb": b.peak_mem_mb,
@@ -237,7 +238,7 @@ def _pick_measured(run_, short: list[dict], sn, args: argparse.Namespace) -> tup
     subs = {s.key(): (r, s) for r, s in ((r, sn.parse_subnet(r["subnet"])) for r in short)}
     runs: dict[str, list] = {k: [] for k in subs}
     interleaved(list(subs), PICK_ROUNDS, lambda k, _: runs[k].append(
-        bench_subnet(args.model, subs[k][1].to_dict(), args.backend, threads=args.threads)))
+        bench_subnet(args.model, subs[k][1].to_dict(), args.backend, threads=args.threads, dtype=sn.base.dtype)))
     median = {k: sorted(v, key=lambda b: b.decode_ms_per_token)[len(v) // 2] for k, v in runs.items()}
     pick = None
     for k in sorted(subs, key=lambda k: run_.value(subs[k][0], "wikitext2.ppl")):  # most accurate first

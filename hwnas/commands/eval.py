@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import add_model_argument, add_order_argument, emit_json, info, non_negative_int, positive_int
+from . import (
+    add_dtype_argument,
+    add_model_argument,
+    add_order_argument,
+    emit_json,
+    info,
+    non_negative_int,
+    positive_int,
+)
 
 NAME = "eval"
 HELP = ("score a model, a sub-network or an exported artifact (through its own runtime) on lm-eval-style tasks "
@@ -28,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ppl-stride", type=positive_int, default=None,
                    help="tokens between window starts (default: the window, i.e. no overlap)")
     add_order_argument(p)  # also adds --data
+    add_dtype_argument(p)
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help='print {"tasks": {...}, "seconds": ...}')
 
@@ -39,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..evaluate import Evaluator
     from ..evaluate.tasks import TEXT_PREFIX, TaskError, parse_tasks
-    from ..model import load_model
+    from ..model import dtype_name, load_model
 
     specs = parse_tasks(args.tasks)  # an unknown name fails before the model loads
     if not specs:
@@ -81,17 +90,19 @@ def run(args: argparse.Namespace) -> int:
         model = sn.materialize(subnet, share_weights=True)
         info(f"sub-network: {subnet.depth} layers, materialized in memory")
     else:
-        base = load_model(args.model)
+        base = load_model(args.model, dtype=args.dtype)
         tokenizer, model = base.tokenizer, base.model
         info(f"loaded {args.model} in {base.load_seconds:.1f} s")
     ev = Evaluator(tokenizer, args.tasks, limit=args.limit, seed=args.seed, data_dir=args.data,
                    ppl_windows=args.ppl_windows or None, ppl_window=args.ppl_window,
                    ppl_stride=args.ppl_stride)
+    ran_in = None if artifact is not None else dtype_name(next(model.parameters()).dtype)  # torch's dtype
     info(f"prepared {len(ev.tasks)} task(s) in {time.perf_counter() - t0:.1f} s; evaluating ...")
     result = ev.evaluate(model)
     if args.json:
         out = result.to_dict()
-        doc = {"tasks": out["tasks"], "seconds": out["seconds"], "limit": out["limit"], "seed": out["seed"]}
+        doc = {"tasks": out["tasks"], "seconds": out["seconds"], "limit": out["limit"], "seed": out["seed"],
+               "dtype": ran_in}
         if source is not None:
             doc["artifact"] = {**source, "runtime_calls": model.steps}
         emit_json(doc)
@@ -103,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"{name:16} {tr.metric:>8} {f(tr.acc):>7} {f(tr.acc_norm):>8} {f(tr.stderr):>7} {tr.n:>6} "
               f"{f(tr.ppl, '.2f'):>9} {tr.seconds:>7.1f}")
-    print(f"evaluated in {result.seconds:.1f} s")
+    print(f"evaluated in {result.seconds:.1f} s" + (f" ({ran_in})" if ran_in else ""))
     return 0
 
 

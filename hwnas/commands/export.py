@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import (
+    add_dtype_argument,
     add_model_argument,
     add_order_argument,
     emit_json,
@@ -31,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True,
                    help="artifact folder (new, empty, or an hwnas artifact: then replaced)")
     add_order_argument(p)
+    add_dtype_argument(p)
     p.add_argument("--group-size", type=positive_int, default=64, help="openvino-int4 group size")
     p.add_argument("--sparsity", type=float, default=None,
                    help="deepsparse format: magnitude-prune to this fraction (default: keep a pruned model's "

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_model_argument, add_space_argument, emit_json, info, positive_int, positive_ints
+from . import (
+    add_dtype_argument,
+    add_model_argument,
+    add_space_argument,
+    emit_json,
+    info,
+    positive_int,
+    positive_ints,
+)
 
 NAME = "profile"
 HELP = "profile operators (attention, MLP per width, head) on a backend into a device profile folder"
@@ -21,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=1, help="runtime threads (default 1)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend config field")
     p.add_argument("--in-process", action="store_true", help="measure in this process (default: workers)")
+    add_dtype_argument(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
@@ -29,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..model import load_config
+    from ..model import load_config, resolve_dtype
     from ..outdir import check_out, exclusive
     from ..profile import HEADER_FILE, grid_for, run_profile
     from . import resolve_space
@@ -54,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
         with exclusive(args.out, "profile"):
             prof = run_profile(args.model, space, args.backend, args.out, grid=grid, config=options,
-                               isolate=not args.in_process, on_progress=progress)
+                               isolate=not args.in_process, on_progress=progress, dtype=resolve_dtype(args.dtype))
     wall = time.perf_counter() - t0
     summary = {"out": args.out, "backend": args.backend, "rows": len(prof.rows), "complete": prof.header["complete"],
                "flagged_rows": prof.header.get("flagged_rows", 0), "wall_s": round(wall, 1),

@@ -7,6 +7,7 @@ import json
 import sys
 
 from . import (
+    add_dtype_argument,
     add_model_argument,
     add_order_argument,
     add_space_argument,
@@ -29,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     d = PruneConfig()
     add_model_argument(p)
+    add_dtype_argument(p)
     p.add_argument("--subnet", default=None, help="sub-network JSON to prune (default: the whole model)")
     add_space_argument(p)
     add_order_argument(p)

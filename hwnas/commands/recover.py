@@ -23,7 +23,8 @@ HELP = ("recovery distillation of one sub-network from the full model (SquareHea
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..recover import DTYPES, RecoverConfig
+    from ..model import DTYPES
+    from ..recover import RecoverConfig
 
     d = RecoverConfig()
     add_model_argument(p)
@@ -50,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import HwnasUserError
+    from ..model import resolve_dtype
     from ..outdir import check_out, exclusive
-    from ..recover import LOG, RECORD, RecoverConfig, carry_markers, recover, resolve_dtype, teacher_layers
+    from ..recover import LOG, RECORD, RecoverConfig, carry_markers, recover, teacher_layers
 
     check_out(args.out, "recover", legacy=(RECORD, LOG, "checkpoint"))
     if args.device.startswith("cuda") and not torch.cuda.is_available():

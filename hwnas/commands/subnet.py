@@ -7,6 +7,7 @@ import json
 import time
 
 from . import (
+    add_dtype_argument,
     add_model_argument,
     add_order_argument,
     add_space_argument,
@@ -26,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output folder (new, empty, or written by hwnas subnet before: then replaced)")
     add_space_argument(p)
     add_order_argument(p)
+    add_dtype_argument(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     sn = open_supernet_from_args(args)
     base = sn.base
     t0 = time.perf_counter()
-    model = sn.materialize(subnet)
+    model = sn.materialize(subnet, share_weights=True)  # only written to disk: views of the base
     t_mem = time.perf_counter() - t0
     t0 = time.perf_counter()
     out = sn.save_subnet(subnet, args.out, model=model)
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         "save_seconds": round(t_disk, 3),
         "class": type(model).__name__,
         "channel_order": args.channel_order,
+        "dtype": base.dtype,
     }
     if args.json:
         emit_json(result)

@@ -81,6 +81,7 @@ class RunConfig:
     seed: int = 0
     data: str | None = None
     run_id: str | None = None
+    dtype: str = "fp32"  # what torch loads and evaluates the model in (hwnas.model.DTYPES; auto resolved per machine)
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
@@ -106,6 +107,10 @@ class RunConfig:
         def fail(key: str, want: str) -> HwnasUserError:
             return HwnasUserError(f"{source}: {key} must be {want}, got {_short(data.get(key))}")
 
+        from ..model import DTYPES
+
+        if "dtype" in data and data["dtype"] not in DTYPES:
+            raise fail("dtype", f"one of {', '.join(DTYPES)}")
         for key in ("model", "channel_order", "algorithm"):
             if key in data and not isinstance(data[key], str):
                 raise fail(key, "a string")

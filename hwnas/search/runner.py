@@ -53,7 +53,8 @@ class Search:
 
         self.cfg = cfg
         check_out(run_dir, "search", legacy=(STORE_FILE,))
-        self.sn = supernet or open_supernet(cfg.model, channel_order=cfg.channel_order, data_dir=cfg.data)
+        self.sn = supernet or open_supernet(cfg.model, channel_order=cfg.channel_order, data_dir=cfg.data,
+                                            dtype=cfg.dtype)
         if cfg.space:
             self.space = SearchSpace.load(cfg.space, num_layers=self.sn.num_layers,
                                           intermediate_size=self.sn.intermediate_size)
@@ -75,6 +76,10 @@ class Search:
         self.run_dir = claim_dir(run_dir, "search", legacy=(STORE_FILE,))
         (self.run_dir / "rounds").mkdir(exist_ok=True)
         self.store = ResultsStore(self.run_dir / STORE_FILE)
+        mixed = sorted({r.get("dtype", "fp32") for r in self.store.records} - {self.sn.base.dtype})
+        if mixed:  # one run, one numeric precision: its records (and the predictor fitted on them) never mix
+            raise HwnasUserError(f"{self.run_dir / STORE_FILE} holds evaluations in {', '.join(mixed)}; this run "
+                                 f"loads the model in {self.sn.base.dtype}: give the same --dtype, or another --out")
         self.progress = progress
         self.metrics_cache = metrics_cache  # subnet key -> metrics; shared by runs that compare algorithms
         self.hv_history: list[tuple[int, float]] = []
@@ -170,7 +175,7 @@ class Search:
             versions={"hwnas": __version__, "torch": torch.__version__,
                       "transformers": dist_versions("transformers").get("transformers", "absent")},
             timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"), eval_seconds=round(time.perf_counter() - t0, 3),
-            cached=cached))
+            cached=cached, dtype=self.sn.base.dtype))
         self._report(round_)
         return rec
 

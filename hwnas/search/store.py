@@ -42,6 +42,7 @@ class EvalRecord:
     timestamp: str | None = None
     eval_seconds: float | None = None
     cached: bool = False
+    dtype: str = "fp32"  # what torch evaluated the sub-network in (records from before dtypes: fp32)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
